@@ -1,0 +1,16 @@
+"""HRViT, the multi-scale high-resolution vision transformer, for Keras 3."""
+
+from keras_hrvit import layers, weights
+from keras_hrvit.models import HRViTB1, HRViTB2, HRViTB3, HRViTBackbone, HRViTClassifier
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "HRViTB1",
+    "HRViTB2",
+    "HRViTB3",
+    "HRViTBackbone",
+    "HRViTClassifier",
+    "layers",
+    "weights",
+]

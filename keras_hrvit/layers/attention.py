@@ -1,0 +1,116 @@
+"""Augmented cross-shaped window attention (HRViT's HRViTAttention)."""
+
+import keras
+from keras import ops
+
+from keras_hrvit.layers.common import batch_norm, check_positive_int, hard_swish, register
+
+# Added to the scores of padded keys. Large enough that exp() underflows to 0 in float32, small
+# enough not to overflow when added to a float32 score.
+_MASK_VALUE = -1e9
+
+
+@register
+class CrossShapedAttention(keras.layers.Layer):
+    """Cross-shaped window self-attention with a parallel convolution path.
+
+    Half of the channels attend within horizontal stripes of `window_size` rows by the full width,
+    the other half within vertical stripes of the full height by `window_size` columns. Keys are
+    the values (one shared projection). A depthwise 3x3 convolution of the values runs in parallel.
+    Any height and width are accepted: the stripes are zero-padded and the padding is masked out.
+
+    Args:
+        dim: channels of the input and output; must be even.
+        window_size: stripe width `s`.
+        head_dim: size of an attention head; halves narrower than it use a single head.
+
+    Example:
+    >>> layer = CrossShapedAttention(dim=32, window_size=7, head_dim=16)
+    >>> layer(keras.ops.ones((2, 14, 9, 32))).shape
+    (2, 14, 9, 32)
+    """
+
+    def __init__(self, dim, window_size, head_dim=32, **kwargs):
+        super().__init__(**kwargs)
+        check_positive_int(dim, "dim")
+        check_positive_int(window_size, "window_size")
+        check_positive_int(head_dim, "head_dim")
+        if dim % 2:
+            raise ValueError(f"`dim` must be even (split into two stripe directions), got {dim}.")
+        half = dim // 2
+        self.head_size = min(head_dim, half)
+        if half % self.head_size:
+            raise ValueError(
+                f"Half the channels ({half}) must be a multiple of `head_dim` ({head_dim})."
+            )
+        self.dim = dim
+        self.window_size = window_size
+        self.head_dim = head_dim
+        self.num_heads = half // self.head_size
+        self.scale = self.head_size**-0.5
+        self.qv = keras.layers.Dense(2 * dim, name="qv", dtype=self.dtype_policy)
+        self.parallel_conv = keras.layers.DepthwiseConv2D(
+            3, padding="same", name="parallel_conv", dtype=self.dtype_policy
+        )
+        self.proj = keras.layers.Dense(dim, name="proj", dtype=self.dtype_policy)
+        # Zero-initialized, as in the original: each block's attention path starts at zero.
+        self.norm = batch_norm("norm", zero_init=True, dtype=self.dtype_policy)
+        self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: dim})
+
+    def build(self, input_shape):
+        self.qv.build(input_shape)
+        self.parallel_conv.build(tuple(input_shape[:-1]) + (self.dim,))
+        self.proj.build(tuple(input_shape[:-1]) + (self.dim,))
+        self.norm.build(tuple(input_shape[:-1]) + (self.dim,))
+
+    def call(self, x, training=None):
+        qv = self.qv(x)
+        q, v = qv[..., : self.dim], qv[..., self.dim :]
+        parallel = self.parallel_conv(hard_swish(v))
+        half = self.dim // 2
+        rows = self._stripe_attention(q[..., :half], v[..., :half])
+        # Vertical stripes are horizontal stripes of the transposed map.
+        cols = self._stripe_attention(
+            ops.transpose(q[..., half:], (0, 2, 1, 3)), ops.transpose(v[..., half:], (0, 2, 1, 3))
+        )
+        cols = ops.transpose(cols, (0, 2, 1, 3))
+        y = hard_swish(ops.concatenate([rows, cols], axis=-1) + parallel)
+        return self.norm(self.proj(y), training=training)
+
+    def _stripe_attention(self, q, v):
+        """Attention within stripes of `window_size` rows spanning the full width."""
+        s = self.window_size
+        _, height, width, channels = ops.shape(q)
+        static = isinstance(height, int)
+        pad = (-height) % s
+        padded = not (static and pad == 0)
+        if padded:
+            q = ops.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
+            v = ops.pad(v, ((0, 0), (0, pad), (0, 0), (0, 0)))
+        stripes = (height + pad) // s
+        tokens = s * width
+        heads, size = self.num_heads, self.head_size
+
+        def split(t):
+            t = ops.reshape(t, (-1, stripes, tokens, heads, size))
+            return ops.transpose(t, (0, 1, 3, 2, 4))  # batch, stripe, head, token, size
+
+        q, v = split(q * ops.cast(self.scale, q.dtype)), split(v)
+        scores = ops.cast(ops.matmul(q, ops.transpose(v, (0, 1, 2, 4, 3))), "float32")
+        if padded:
+            valid_rows = ops.arange(height + pad) < height
+            valid = ops.repeat(ops.reshape(valid_rows, (stripes, s, 1)), width, axis=2)
+            bias = ops.where(ops.reshape(valid, (1, stripes, 1, 1, tokens)), 0.0, _MASK_VALUE)
+            scores = scores + ops.cast(bias, "float32")
+        weights = ops.cast(ops.softmax(scores, axis=-1), v.dtype)
+        out = ops.transpose(ops.matmul(weights, v), (0, 1, 3, 2, 4))
+        out = ops.reshape(out, (-1, height + pad, width, channels))
+        return out[:, :height] if padded else out
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(dim=self.dim, window_size=self.window_size, head_dim=self.head_dim)
+        return config

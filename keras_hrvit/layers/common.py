@@ -1,0 +1,43 @@
+"""Normalization factories and activations shared by the HRViT layers.
+
+The original code uses PyTorch defaults (epsilon 1e-5, momentum 0.1); Keras defaults differ
+(epsilon 1e-3), so every norm in the package is made here.
+"""
+
+import keras
+from keras import ops
+
+NORM_EPSILON = 1e-5
+# PyTorch's momentum 0.1 updates the running statistics as Keras's momentum 0.9 does.
+BN_MOMENTUM = 0.9
+
+
+def batch_norm(name=None, zero_init=False, dtype=None):
+    kwargs = {"gamma_initializer": "zeros", "beta_initializer": "zeros"} if zero_init else {}
+    return keras.layers.BatchNormalization(
+        epsilon=NORM_EPSILON, momentum=BN_MOMENTUM, name=name, dtype=dtype, **kwargs
+    )
+
+
+def layer_norm(name=None, dtype=None):
+    return keras.layers.LayerNormalization(epsilon=NORM_EPSILON, name=name, dtype=dtype)
+
+
+def gelu(x):
+    # PyTorch's nn.GELU default is the exact (erf) form.
+    return ops.gelu(x, approximate=False)
+
+
+def hard_swish(x):
+    # x * relu6(x + 3) / 6, PyTorch's nn.Hardswish.
+    return x * ops.relu6(x + 3.0) / 6.0
+
+
+def register(cls):
+    return keras.saving.register_keras_serializable(package="keras_hrvit")(cls)
+
+
+def check_positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+    return value

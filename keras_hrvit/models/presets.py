@@ -1,0 +1,41 @@
+"""Every named configuration of the package, in one table.
+
+Backbone presets give the arguments of `HRViTBackbone`; segmenter presets name a backbone preset
+plus the head's arguments and the paper's drop path rate for that dataset.
+"""
+
+BACKBONE_PRESETS = {
+    "hrvit_b1": {
+        "stem_channels": 64,
+        "channels": (32, 64, 128, 256),
+        "blocks": ((1,), (1, 1), (1, 1, 6), (1, 1, 6), (1, 1, 6, 2), (1, 1, 2, 2)),
+        "head_dim": 32,
+        "window_sizes": (1, 2, 7, 7),
+        "mlp_ratios": (4, 4, 4, 4),
+    },
+    "hrvit_b2": {
+        "stem_channels": 64,
+        "channels": (48, 96, 240, 384),
+        "blocks": ((1,), (1, 1), (1, 1, 6), (1, 1, 6), (1, 1, 6, 2), (1, 1, 6, 2)),
+        "head_dim": 24,
+        "window_sizes": (1, 2, 7, 7),
+        "mlp_ratios": (2, 3, 3, 3),
+    },
+    "hrvit_b3": {
+        "stem_channels": 64,
+        "channels": (64, 128, 256, 512),
+        "blocks": ((1,), (1, 1), (1, 1, 6), (1, 1, 6), (1, 1, 6, 3), (1, 1, 6, 3)),
+        "head_dim": 32,
+        "window_sizes": (1, 2, 7, 7),
+        "mlp_ratios": (2, 2, 2, 2),
+    },
+}
+
+
+def get_preset(table, name, kind):
+    """Returns a copy of `table[name]`, or raises listing the known names."""
+    if not isinstance(name, str) or name not in table:
+        raise ValueError(
+            f"Unknown {kind} preset {name!r}. Known presets: {', '.join(sorted(table))}."
+        )
+    return dict(table[name])
