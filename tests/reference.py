@@ -33,3 +33,13 @@ def state_dict(prefix):
 
 def nhwc(array):
     return np.transpose(array, (0, 2, 3, 1))
+
+
+def tiny_backbone(**overrides):
+    """The fixture's configuration: small, yet every code path of the full model."""
+    import keras_hrvit
+
+    config, _ = tiny_config()
+    config.update(overrides)
+    config.setdefault("name", "tiny")
+    return keras_hrvit.HRViTBackbone(**config)

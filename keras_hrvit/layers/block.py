@@ -25,9 +25,7 @@ class HRViTBlock(keras.layers.Layer):
     (1, 20, 20, 32)
     """
 
-    def __init__(
-        self, dim, window_size, head_dim=32, mlp_ratio=4.0, drop_path_rate=0.0, **kwargs
-    ):
+    def __init__(self, dim, window_size, head_dim=32, mlp_ratio=4.0, drop_path_rate=0.0, **kwargs):
         super().__init__(**kwargs)
         self.dim = check_positive_int(dim, "dim")
         self.window_size = window_size

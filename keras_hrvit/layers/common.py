@@ -41,3 +41,35 @@ def check_positive_int(value, name):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
     return value
+
+
+def resize_bilinear(x, size):
+    """Bilinear resize of a NHWC batch with half-pixel centers (PyTorch's `align_corners=False`).
+
+    `keras.ops.image.resize` needs sizes known when the graph is traced; TensorFlow graphs with
+    dynamic height and width get the same interpolation from gathers.
+    """
+    size = tuple(size)
+    current = tuple(ops.shape(x)[1:3])
+    static = all(isinstance(n, int) for n in size + current)
+    if static and current == size:
+        return x
+    if static:
+        return ops.image.resize(x, size, interpolation="bilinear", antialias=False)
+    for axis, (n_in, n_out) in enumerate(zip(current, size), start=1):
+        x = _linear_along(x, axis, n_in, n_out)
+    return x
+
+
+def _linear_along(x, axis, n_in, n_out):
+    dtype = x.dtype
+    scale = ops.cast(n_in, "float32") / ops.cast(n_out, "float32")
+    src = (ops.cast(ops.arange(n_out), "float32") + 0.5) * scale - 0.5
+    src = ops.maximum(src, 0.0)
+    low = ops.minimum(ops.cast(ops.floor(src), "int32"), n_in - 1)
+    high = ops.minimum(low + 1, n_in - 1)
+    frac = ops.cast(src - ops.cast(low, "float32"), dtype)
+    shape = [1, 1, 1, 1]
+    shape[axis] = -1
+    frac = ops.reshape(frac, shape)
+    return ops.take(x, low, axis=axis) * (1 - frac) + ops.take(x, high, axis=axis) * frac

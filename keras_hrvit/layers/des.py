@@ -9,7 +9,7 @@ from keras_hrvit.layers.common import check_positive_int, gelu, register
 
 
 def des_factors(dim):
-    """Split `dim` into `(k, p)` as the original does: `p = 2 ** (e - e // 2)`, `e = floor(log2 C)`."""
+    """Splits `dim` into `(k, p)` as the original: `p = 2 ** (e - e // 2)`, `e = floor(log2 C)`."""
     exponent = int(math.floor(math.log2(dim)))
     p = 2 ** (exponent - exponent // 2)
     if dim % p:

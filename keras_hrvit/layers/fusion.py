@@ -46,7 +46,7 @@ class FusionBlock(keras.layers.Layer):
         self.paths = []
         for i, cout in enumerate(self.out_channels):
             row = []
-            for j, cin in enumerate(self.in_channels):
+            for j in range(len(self.in_channels)):
                 name = f"path_{i}_{j}"
                 if j < i:
                     f = 2 ** (i - j)
@@ -73,7 +73,7 @@ class FusionBlock(keras.layers.Layer):
             self.paths.append(row)
 
     def build(self, input_shape):
-        for i, row in enumerate(self.paths):
+        for row in self.paths:
             for j, path in enumerate(row):
                 shape = tuple(input_shape[j])
                 for layer in path:

@@ -30,9 +30,7 @@ class ConvStem(keras.layers.Layer):
         self.in_channels = check_positive_int(in_channels, "in_channels")
         policy = self.dtype_policy
         self.pad = keras.layers.ZeroPadding2D(1, dtype=policy)
-        self.conv1 = keras.layers.Conv2D(
-            channels // 2, 3, strides=2, name="conv1", dtype=policy
-        )
+        self.conv1 = keras.layers.Conv2D(channels // 2, 3, strides=2, name="conv1", dtype=policy)
         self.bn1 = batch_norm("bn1", dtype=policy)
         self.conv2 = keras.layers.Conv2D(channels, 3, strides=2, name="conv2", dtype=policy)
         self.bn2 = batch_norm("bn2", dtype=policy)

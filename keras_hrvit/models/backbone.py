@@ -12,7 +12,7 @@ PYRAMID_LEVELS = ("P2", "P3", "P4", "P5")
 
 
 def drop_path_rates(blocks, drop_path_rate):
-    """Per-module lists of rates: block `j` of every branch of module `m` gets `rates[start_m + j]`."""
+    """Per-module rates: block `j` of every branch of module `m` gets `rates[start_m + j]`."""
     depths = [max(module) for module in blocks]
     rates = np.linspace(0.0, drop_path_rate, sum(depths)).tolist()
     starts = np.cumsum([0] + depths[:-1])

@@ -39,3 +39,69 @@ def get_preset(table, name, kind):
             f"Unknown {kind} preset {name!r}. Known presets: {', '.join(sorted(table))}."
         )
     return dict(table[name])
+
+
+# Segmenters: the paper's heads and drop path rates per dataset (HRVIT_SPEC.md, "Training recipes").
+SEGMENTER_PRESETS = {
+    "hrvit_b1_ade20k": {
+        "backbone": "hrvit_b1",
+        "head": "segformer",
+        "head_channels": 256,
+        "num_classes": 150,
+        "drop_path_rate": 0.1,
+    },
+    "hrvit_b2_ade20k": {
+        "backbone": "hrvit_b2",
+        "head": "segformer",
+        "head_channels": 256,
+        "num_classes": 150,
+        "drop_path_rate": 0.1,
+    },
+    "hrvit_b3_ade20k": {
+        "backbone": "hrvit_b3",
+        "head": "segformer",
+        "head_channels": 768,
+        "num_classes": 150,
+        "drop_path_rate": 0.25,
+    },
+    "hrvit_b1_cityscapes": {
+        "backbone": "hrvit_b1",
+        "head": "segformer",
+        "head_channels": 256,
+        "num_classes": 19,
+        "drop_path_rate": 0.15,
+    },
+    "hrvit_b2_cityscapes": {
+        "backbone": "hrvit_b2",
+        "head": "segformer",
+        "head_channels": 256,
+        "num_classes": 19,
+        "drop_path_rate": 0.15,
+    },
+    "hrvit_b3_cityscapes": {
+        "backbone": "hrvit_b3",
+        "head": "segformer",
+        "head_channels": 768,
+        "num_classes": 19,
+        "drop_path_rate": 0.25,
+    },
+    "hrvit_b1_ade20k_upernet": {
+        "backbone": "hrvit_b1",
+        "head": "upernet",
+        "head_channels": 512,
+        "num_classes": 150,
+        "drop_path_rate": 0.1,
+        "auxiliary_head": True,
+    },
+    "hrvit_b2_ade20k_upernet": {
+        "backbone": "hrvit_b2",
+        "head": "upernet",
+        "head_channels": 512,
+        "num_classes": 150,
+        "drop_path_rate": 0.1,
+        "auxiliary_head": True,
+    },
+}
+
+# Default width of each head when `head_channels` is not given.
+HEAD_CHANNELS = {"segformer": 256, "upernet": 512}

@@ -57,7 +57,9 @@ def load_torch_state_dict(model, state_dict, strict=True):
     LoadResult(missing=[], unexpected=['head.classifier.bias', ...])
     """
     if not hasattr(state_dict, "items"):
-        raise TypeError(f"`state_dict` must be a mapping of names to arrays, got {type(state_dict)}.")
+        raise TypeError(
+            f"`state_dict` must be a mapping of names to arrays, got {type(state_dict)}."
+        )
     given = {}
     for name, value in state_dict.items():
         if name.endswith(_IGNORED_SUFFIXES):
@@ -85,7 +87,8 @@ def load_torch_state_dict(model, state_dict, strict=True):
     if mismatches:
         raise ValueError(
             f"The checkpoint does not fit model {model.name!r} ({len(mismatches)} shape "
-            "mismatches; is it for another variant?). Nothing was loaded.\n" + "\n".join(mismatches[:20])
+            "mismatches; is it for another variant?). Nothing was loaded.\n"
+            + "\n".join(mismatches[:20])
         )
     if strict and missing:
         shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")

@@ -12,6 +12,8 @@ import keras
 import numpy as np
 
 from keras_hrvit.heads.classification import Bottleneck, HRNetClassifierHead
+from keras_hrvit.heads.segformer import SegFormerHead
+from keras_hrvit.heads.upernet import ConvBNReLU, FCNHead, UPerNetHead
 from keras_hrvit.layers import ConvStem, EffPatchEmbed, FusionBlock, HRViTBlock
 
 
@@ -95,9 +97,26 @@ def _children(layer):
         for i, (conv, bn) in enumerate(zip(layer.down_convs, layer.down_bns)):
             pairs += [(f"downsamp_modules.{i}.0", conv), (f"downsamp_modules.{i}.1", bn)]
         return pairs + [("final_layer.0", layer.final_conv), ("final_layer.1", layer.final_bn)]
-    children = getattr(layer, "torch_children", None)
-    if children is not None:
-        return children()
+    if isinstance(layer, SegFormerHead):
+        pairs = [(f"convs.{i}.conv", p) for i, p in enumerate(layer.projections)]
+        return pairs + [
+            ("fusion_conv.conv", layer.fusion_conv),
+            ("fusion_conv.bn", layer.fusion_bn),
+            ("conv_seg", layer.classifier),
+        ]
+    # --- UperNet / FCN heads (MMSegmentation's UPerHead / FCNHead) ---
+    if isinstance(layer, ConvBNReLU):
+        return [("conv", layer.conv), ("bn", layer.bn)]
+    if isinstance(layer, UPerNetHead):
+        pairs = [(f"psp_modules.{i}.1", m) for i, m in enumerate(layer.psp_modules)]
+        pairs.append(("bottleneck", layer.bottleneck))
+        pairs += [(f"lateral_convs.{i}", m) for i, m in enumerate(layer.lateral_convs)]
+        pairs += [(f"fpn_convs.{i}", m) for i, m in enumerate(layer.fpn_convs)]
+        return pairs + [("fpn_bottleneck", layer.fpn_bottleneck), ("conv_seg", layer.conv_seg)]
+    if isinstance(layer, FCNHead):
+        pairs = [(f"convs.{i}", m) for i, m in enumerate(layer.convs)]
+        return pairs + [("conv_seg", layer.conv_seg)]
+    # --- end UperNet / FCN heads ---
     return None
 
 
@@ -105,7 +124,10 @@ def _children(layer):
 _TOP_LEVEL = [
     (re.compile(r"stem$"), lambda m: "stem"),
     (re.compile(r"m(\d+)_fusion$"), lambda m: f"features.{2 * int(m[1])}.blocks"),
-    (re.compile(r"m(\d+)_embed(\d+)$"), lambda m: f"features.{2 * int(m[1]) + 1}.patch_embed.{m[2]}"),
+    (
+        re.compile(r"m(\d+)_embed(\d+)$"),
+        lambda m: f"features.{2 * int(m[1]) + 1}.patch_embed.{m[2]}",
+    ),
     (
         re.compile(r"m(\d+)_branch(\d+)_block(\d+)$"),
         lambda m: f"features.{2 * int(m[1]) + 1}.branches.{m[2]}.{m[3]}",
@@ -114,6 +136,7 @@ _TOP_LEVEL = [
     (re.compile(r"head$"), lambda m: "head"),
     (re.compile(r"predictions$"), lambda m: "head.classifier"),
     (re.compile(r"decode_head$"), lambda m: "decode_head"),
+    (re.compile(r"auxiliary_head$"), lambda m: "auxiliary_head"),
 ]
 
 

@@ -1,0 +1,36 @@
+# `make demo`: train, evaluate and export a small HRViT segmenter on the embedded shapes dataset.
+# `make test`: the test suite (all of it on TensorFlow, the backend-sensitive tests on JAX and torch).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-fast lint bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	KERAS_BACKEND=tensorflow $(BIN)/python examples/train_shapes.py --output-dir demo_output
+
+test: $(STAMP)
+	$(BIN)/ruff check keras_hrvit tests benchmarks examples
+	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -q -m "backend and not slow"
+	KERAS_BACKEND=torch $(BIN)/python -m pytest -q -m "backend and not slow"
+
+test-fast: $(STAMP)
+	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check keras_hrvit tests benchmarks examples
+	$(BIN)/ruff format --check keras_hrvit tests benchmarks examples
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench.py
+
+clean:
+	rm -rf $(VENV) demo_output .pytest_cache

@@ -1,0 +1,343 @@
+"""Segmentation datasets as `tf.data.Dataset`s of `(image uint8 (H, W, 3), mask uint8 (H, W))`.
+
+All loaders return the same kind of pairs as `load_shapes`, ready for
+`segmentation_train_pipeline` and `segmentation_eval_pipeline`. Mask value 255 means "ignore".
+"""
+
+import os
+import warnings
+
+import numpy as np
+import tensorflow as tf
+
+from keras_hrvit.data.segmentation import IGNORE_LABEL
+
+ADE20K_CLASSES = (
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass",
+    "cabinet", "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain",
+    "chair", "car", "water", "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field",
+    "armchair", "seat", "fence", "desk", "rock", "wardrobe", "lamp", "bathtub", "railing",
+    "cushion", "base", "box", "column", "signboard", "chest of drawers", "counter", "sand", "sink",
+    "skyscraper", "fireplace", "refrigerator", "grandstand", "path", "stairs", "runway", "case",
+    "pool table", "pillow", "screen door", "stairway", "river", "bridge", "bookcase", "blind",
+    "coffee table", "toilet", "flower", "book", "hill", "bench", "countertop", "stove", "palm",
+    "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus",
+    "towel", "light", "truck", "tower", "chandelier", "awning", "streetlight", "booth",
+    "television receiver", "airplane", "dirt track", "apparel", "pole", "land", "bannister",
+    "escalator", "ottoman", "bottle", "buffet", "poster", "stage", "van", "ship", "fountain",
+    "conveyer belt", "canopy", "washer", "plaything", "swimming pool", "stool", "barrel",
+    "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball", "food", "step",
+    "tank", "trade name", "microwave", "pot", "animal", "bicycle", "lake", "dishwasher", "screen",
+    "blanket", "sculpture", "hood", "sconce", "vase", "traffic light", "tray", "ashcan", "fan",
+    "pier", "crt screen", "plate", "monitor", "bulletin board", "shower", "radiator", "glass",
+    "clock", "flag",
+)  # fmt: skip
+
+CITYSCAPES_CLASSES = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
+    "motorcycle", "bicycle",
+)  # fmt: skip
+
+# Cityscapes label id -> train id, from cityscapesScripts' labels.py; every other id is ignored.
+_CITYSCAPES_ID_TO_TRAIN_ID = {
+    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
+    26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
+}  # fmt: skip
+_CITYSCAPES_SPLITS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
+
+_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_IMAGE_SIGNATURES = (b"\xff\xd8\xff", _PNG_SIGNATURE, b"BM", b"GIF87a", b"GIF89a")
+
+
+def _reduce_zero_label(mask):
+    """ADE20K's 0 ("other") becomes the ignore label and every other class moves down by one."""
+    return tf.where(mask == 0, tf.constant(IGNORE_LABEL, mask.dtype), mask - 1)
+
+
+def load_ade20k(
+    split="train", data_dir=None, reduce_zero_label=True, shuffle_files=False, download=True
+):
+    """ADE20K (SceneParse150) through TensorFlow Datasets' `scene_parse150`.
+
+    With `reduce_zero_label=True` (MMSegmentation's ADE20K setting, used by HRViT) label 0
+    ("other") becomes 255 and labels 1-150 become 0-149, indexing `ADE20K_CLASSES`.
+
+    The TFDS build stores annotations as RGB PNGs; the class index is the first channel. To use
+    an extracted `ADEChallengeData2016` folder instead, call
+    `load_folder(root + "/images/training", root + "/annotations/training",
+    reduce_zero_label=True)`.
+
+    Args:
+        split: `"train"`, or `"validation"` (TFDS calls ADE20K's validation set `"test"`, which is
+            also accepted); TFDS slicing such as `"train[:10%]"` works too.
+        data_dir: TFDS data directory; `None` for TFDS's default (`~/tensorflow_datasets`).
+        reduce_zero_label: map 0 to 255 and shift the other labels down by one.
+        shuffle_files: shuffle the order of the TFDS shards.
+        download: let TFDS download and prepare the data when it is missing.
+
+    Example:
+    >>> ds = load_ade20k("validation", data_dir="~/tensorflow_datasets")
+    >>> image, mask = next(iter(ds))  # uint8 (H, W, 3), uint8 (H, W)
+    """
+    import tensorflow_datasets as tfds
+
+    if not isinstance(split, str) or not split:
+        raise ValueError(f"`split` must be a non-empty string such as 'train', got {split!r}.")
+    base = split.split("[")[0]
+    if base in ("validation", "val"):
+        split = "test" + split[len(base) :]
+    elif base not in ("train", "test"):
+        raise ValueError(
+            f"`split` must be 'train', 'validation' or 'test' (optionally sliced), got {split!r}."
+        )
+    ds = tfds.load(
+        "scene_parse150",
+        split=split,
+        data_dir=data_dir,
+        shuffle_files=shuffle_files,
+        download=download,
+    )
+
+    def convert(example):
+        annotation = example["annotation"]
+        mask = annotation[..., 0] if annotation.shape.rank == 3 else annotation
+        mask = tf.cast(mask, tf.uint8)
+        if reduce_zero_label:
+            mask = _reduce_zero_label(mask)
+        return tf.cast(example["image"], tf.uint8), mask
+
+    return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _read_header(path, size=32):
+    try:
+        with open(path, "rb") as f:
+            return f.read(size)
+    except OSError:
+        return b""
+
+
+def _mask_problem(path):
+    """Why a mask file cannot be used, or `None`."""
+    header = _read_header(path)
+    if not header.startswith(_PNG_SIGNATURE) or len(header) < 26:
+        return "not a PNG file"
+    # Byte 25 of a PNG is the colour type of its IHDR chunk; 3 means palette, which TensorFlow
+    # expands to RGB colours instead of returning the class indices.
+    if header[25] == 3:
+        return "palette PNG (convert it to a single-channel 'L' PNG of class indices)"
+    return None
+
+
+def _image_problem(path):
+    header = _read_header(path)
+    if not any(header.startswith(signature) for signature in _IMAGE_SIGNATURES):
+        return "not a JPEG, PNG, BMP or GIF file"
+    return None
+
+
+def _drop_unreadable(pairs):
+    """Drops pairs whose files fail the header checks, with one warning listing them."""
+    kept, problems = [], []
+    for pair in pairs:
+        problem = _image_problem(pair[0])
+        if problem is not None:
+            problems.append(f"{pair[0]}: {problem}")
+            continue
+        problem = _mask_problem(pair[1])
+        if problem is not None:
+            problems.append(f"{pair[1]}: {problem}")
+            continue
+        kept.append(pair)
+    if problems:
+        listed = "\n  ".join(problems[:10])
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        warnings.warn(
+            f"Skipping {len(problems)} example(s) with unreadable files:\n  {listed}{more}",
+            stacklevel=3,
+        )
+    return kept
+
+
+def _decode_mask(data):
+    mask = tf.io.decode_png(data, channels=0)
+    # Grayscale masks have one channel; for RGB(A) label images the first channel is the class.
+    return mask[..., 0]
+
+
+def _pairs_dataset(pairs, extra=None, map_mask=None, shuffle_files=False, seed=None):
+    """Reads and decodes `(image_path, mask_path)` pairs; undecodable files are dropped."""
+    image_paths = [p[0] for p in pairs]
+    mask_paths = [p[1] for p in pairs]
+    columns = (image_paths, mask_paths) if extra is None else (image_paths, mask_paths, extra)
+    ds = tf.data.Dataset.from_tensor_slices(columns)
+    if shuffle_files:
+        ds = ds.shuffle(len(pairs), seed=seed, reshuffle_each_iteration=True)
+
+    def load(image_path, mask_path, *rest):
+        image = tf.io.decode_image(tf.io.read_file(image_path), channels=3, expand_animations=False)
+        mask = _decode_mask(tf.io.read_file(mask_path))
+        if map_mask is not None:
+            mask = map_mask(mask, *rest)
+        # A mismatch would silently misalign every crop; failing here drops the pair below.
+        tf.debugging.assert_equal(
+            tf.shape(image)[:2], tf.shape(mask), message="image and mask sizes differ"
+        )
+        return tf.ensure_shape(image, [None, None, 3]), tf.ensure_shape(mask, [None, None])
+
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    # Files that pass the header check but fail to decode (truncated, mismatched) are logged and
+    # skipped instead of stopping a long training run.
+    return ds.ignore_errors(log_warning=True)
+
+
+def _check_seed(seed):
+    if seed is not None and not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"`seed` must be an integer or None, got {seed!r}.")
+
+
+def load_cityscapes(root, split="train", shuffle_files=False, seed=None):
+    """Cityscapes fine annotations from the standard folder layout, with the 19 train ids.
+
+    Expects `root/leftImg8bit/{split}/{city}/*_leftImg8bit.png` and
+    `root/gtFine/{split}/{city}/*_gtFine_labelIds.png`. Label ids are mapped to train ids
+    0-18 (indexing `CITYSCAPES_CLASSES`), every other id to 255. Where cityscapesScripts'
+    `*_gtFine_labelTrainIds.png` exists next to the label ids, it is used as is.
+
+    Args:
+        root: the Cityscapes folder holding `leftImg8bit` and `gtFine`.
+        split: `"train"`, `"val"` (or `"validation"`) or `"test"`.
+        shuffle_files: shuffle the file order on every iteration.
+        seed: seed of the file shuffling.
+
+    Example:
+    >>> ds = load_cityscapes("/data/cityscapes", split="val")
+    >>> image, mask = next(iter(ds))  # uint8 (1024, 2048, 3), uint8 (1024, 2048)
+    """
+    _check_seed(seed)
+    if split not in _CITYSCAPES_SPLITS:
+        raise ValueError(f"`split` must be one of {sorted(_CITYSCAPES_SPLITS)}, got {split!r}.")
+    folder = _CITYSCAPES_SPLITS[split]
+    layout = (
+        f"Expected the Cityscapes layout root/leftImg8bit/{folder}/<city>/*_leftImg8bit.png and "
+        f"root/gtFine/{folder}/<city>/*_gtFine_labelIds.png"
+    )
+    image_root = os.path.join(os.fspath(root), "leftImg8bit", folder)
+    label_root = os.path.join(os.fspath(root), "gtFine", folder)
+    for path in (image_root, label_root):
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"Folder {path} not found. {layout}.")
+    pairs, train_ids, unlabelled = [], [], []
+    for city in sorted(os.listdir(image_root)):
+        city_dir = os.path.join(image_root, city)
+        if not os.path.isdir(city_dir):
+            continue
+        for name in sorted(os.listdir(city_dir)):
+            if not name.endswith("_leftImg8bit.png"):
+                continue
+            stem = name[: -len("_leftImg8bit.png")]
+            label_dir = os.path.join(label_root, city)
+            train_id_path = os.path.join(label_dir, stem + "_gtFine_labelTrainIds.png")
+            label_id_path = os.path.join(label_dir, stem + "_gtFine_labelIds.png")
+            if os.path.isfile(train_id_path):
+                pairs.append((os.path.join(city_dir, name), train_id_path))
+                train_ids.append(True)
+            elif os.path.isfile(label_id_path):
+                pairs.append((os.path.join(city_dir, name), label_id_path))
+                train_ids.append(False)
+            else:
+                unlabelled.append(name)
+    if unlabelled:
+        warnings.warn(
+            f"Skipping {len(unlabelled)} Cityscapes image(s) without a gtFine label, "
+            f"e.g. {unlabelled[0]}.",
+            stacklevel=2,
+        )
+    if not pairs:
+        raise FileNotFoundError(f"No labelled images found under {image_root}. {layout}.")
+    flags = dict(zip(pairs, train_ids))
+    pairs = _drop_unreadable(pairs)
+    if not pairs:
+        raise ValueError(f"None of the Cityscapes files under {root} could be read.")
+    table = np.full(256, IGNORE_LABEL, np.uint8)
+    for label_id, train_id in _CITYSCAPES_ID_TO_TRAIN_ID.items():
+        table[label_id] = train_id
+    table = tf.constant(table)
+
+    def to_train_ids(mask, is_train_id):
+        return tf.where(is_train_id, mask, tf.gather(table, tf.cast(mask, tf.int32)))
+
+    return _pairs_dataset(
+        pairs,
+        extra=[flags[p] for p in pairs],
+        map_mask=to_train_ids,
+        shuffle_files=shuffle_files,
+        seed=seed,
+    )
+
+
+def load_folder(
+    images_dir,
+    masks_dir,
+    mask_suffix="",
+    reduce_zero_label=False,
+    shuffle_files=False,
+    seed=None,
+):
+    """Any folder of images with PNG masks paired by file name.
+
+    The mask of `images_dir/NAME.jpg` (or .jpeg, .png, .bmp, .gif) is
+    `masks_dir/NAME{mask_suffix}.png`, a single-channel PNG of class indices (for RGB masks the
+    first channel is used). Images without a mask are skipped with a warning, and so are files
+    that are not valid images or PNGs (files that only fail to decode later are dropped with a
+    TensorFlow log warning).
+
+    Args:
+        images_dir: folder of images (not searched recursively).
+        masks_dir: folder of PNG masks.
+        mask_suffix: what mask names add to the image's name, e.g. `"_mask"`.
+        reduce_zero_label: map label 0 to 255 and shift the others down by one, as for ADE20K's
+            `ADEChallengeData2016` annotations.
+        shuffle_files: shuffle the file order on every iteration.
+        seed: seed of the file shuffling.
+
+    Example:
+    >>> ds = load_folder("data/images", "data/masks", mask_suffix="_mask")
+    >>> image, mask = next(iter(ds))  # uint8 (H, W, 3), uint8 (H, W)
+    """
+    _check_seed(seed)
+    layout = (
+        "Expected images_dir/NAME.(jpg|jpeg|png|bmp|gif) with a mask "
+        f"masks_dir/NAME{mask_suffix}.png for each image"
+    )
+    for name, path in (("images_dir", images_dir), ("masks_dir", masks_dir)):
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"`{name}` folder {path} not found. {layout}.")
+    pairs, missing = [], []
+    for name in sorted(os.listdir(images_dir)):
+        stem, ext = os.path.splitext(name)
+        if ext.lower() not in _IMAGE_EXTENSIONS:
+            continue
+        mask_path = os.path.join(masks_dir, stem + mask_suffix + ".png")
+        if os.path.isfile(mask_path):
+            pairs.append((os.path.join(images_dir, name), mask_path))
+        else:
+            missing.append(name)
+    if missing:
+        warnings.warn(
+            f"Skipping {len(missing)} image(s) without a mask in {masks_dir}, e.g. {missing[0]}.",
+            stacklevel=2,
+        )
+    if not pairs:
+        raise FileNotFoundError(f"No image with a mask found in {images_dir}. {layout}.")
+    pairs = _drop_unreadable(pairs)
+    if not pairs:
+        raise ValueError(f"None of the images in {images_dir} and masks could be read.")
+    return _pairs_dataset(
+        pairs,
+        map_mask=_reduce_zero_label if reduce_zero_label else None,
+        shuffle_files=shuffle_files,
+        seed=seed,
+    )

@@ -1,0 +1,338 @@
+"""Crash-safe checkpointing, training curves and a standard callback set for `model.fit`.
+
+Every file written here goes to a temporary name in the destination directory first and is
+then moved into place with `os.replace`, which is atomic on POSIX and Windows, so a run killed
+mid-save leaves the previous file intact instead of a truncated one.
+"""
+
+import importlib.util
+import json
+import logging
+import math
+import os
+import uuid
+
+import keras
+
+logger = logging.getLogger(__name__)
+
+MODES = ("auto", "min", "max")
+_MAX_HINTS = ("acc", "iou", "dice", "auc", "precision", "recall", "f1", "fmeasure")
+
+
+def _resolve_mode(monitor, mode):
+    if mode not in MODES:
+        raise ValueError(f"`mode` must be one of {MODES}. Received: mode={mode!r}")
+    if mode != "auto":
+        return mode
+    name = monitor.lower()
+    return "max" if any(hint in name for hint in _MAX_HINTS) else "min"
+
+
+def _atomic_write(path, write_fn, suffix):
+    """Calls `write_fn(tmp_path)` on a sibling temporary file, then moves it onto `path`.
+
+    `suffix` must be the file's real extension: Keras picks the format from the name.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    stem = os.path.basename(path)[: -len(suffix)] if path.endswith(suffix) else "file"
+    tmp = os.path.join(directory, f".{stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
+    try:
+        write_fn(tmp)
+        # Flush to disk before the rename so that a power loss cannot leave the new name
+        # pointing at unwritten blocks.
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _write_json(path, data):
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+
+    _atomic_write(path, write, ".json")
+
+
+def _to_float(value):
+    try:
+        return float(keras.ops.convert_to_numpy(value))
+    except (TypeError, ValueError):
+        return None
+
+
+class AtomicModelCheckpoint(keras.callbacks.Callback):
+    """Saves `last` every `save_freq` epochs and `best` by a monitored metric, atomically.
+
+    Files are `<directory>/<last_name>.keras` and `<directory>/<best_name>.keras` (or
+    `.weights.h5` with `save_weights_only=True`). The best value is kept in
+    `<directory>/<best_name>.json`, so a run resumed with `BackupAndRestore` (first epoch > 0)
+    does not overwrite a better `best` with the first epoch after the restart; a run starting
+    at epoch 0 starts a fresh `best`. Epochs whose loss is NaN/inf are
+    not saved.
+
+    Args:
+        directory: Output directory (created if missing).
+        monitor: Metric name in the epoch logs for `best`, e.g. `"val_loss"`.
+        mode: `"min"`, `"max"` or `"auto"` (max for accuracy/IoU-like names).
+        save_best: Whether to keep `best`.
+        save_weights_only: Save `model.save_weights` files instead of full `.keras` models.
+        save_freq: Save `last` every this many epochs (the final epoch is always saved).
+        verbose: 1 prints a line when `best` improves.
+
+    Example:
+
+    >>> ckpt = AtomicModelCheckpoint("runs/exp1/checkpoints", monitor="val_mean_io_u")
+    >>> model.fit(train_ds, validation_data=val_ds, epochs=10, callbacks=[ckpt])
+    """
+
+    def __init__(
+        self,
+        directory,
+        monitor="val_loss",
+        mode="auto",
+        save_best=True,
+        save_weights_only=False,
+        save_freq=1,
+        verbose=0,
+        last_name="last",
+        best_name="best",
+    ):
+        super().__init__()
+        if not directory:
+            raise ValueError("`directory` must be a non-empty path.")
+        if isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1:
+            raise ValueError(f"`save_freq` must be an int >= 1 (epochs). Received: {save_freq!r}")
+        if not last_name or not best_name or last_name == best_name:
+            raise ValueError(
+                "`last_name` and `best_name` must be distinct non-empty names. Received: "
+                f"last_name={last_name!r}, best_name={best_name!r}"
+            )
+        self.directory = os.fspath(directory)
+        self.monitor = monitor
+        self.mode = _resolve_mode(monitor, mode)
+        self.save_best = save_best
+        self.save_weights_only = save_weights_only
+        self.save_freq = save_freq
+        self.verbose = verbose
+        self.suffix = ".weights.h5" if save_weights_only else ".keras"
+        self.last_path = os.path.join(self.directory, last_name + self.suffix)
+        self.best_path = os.path.join(self.directory, best_name + self.suffix)
+        self.best_state_path = os.path.join(self.directory, best_name + ".json")
+        self.best = None
+        self._warned_missing = False
+        self._first_epoch_seen = False
+
+    def on_train_begin(self, logs=None):
+        self.best = None
+        self._first_epoch_seen = False
+        if self.save_best and os.path.exists(self.best_state_path):
+            with open(self.best_state_path, encoding="utf-8") as f:
+                state = json.load(f)
+            if state.get("monitor") == self.monitor and state.get("mode") == self.mode:
+                self.best = state.get("best")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self._first_epoch_seen and epoch == 0:
+            # A run that starts from scratch must not compete with an earlier run's best.
+            self.best = None
+        self._first_epoch_seen = True
+
+    def _save(self, path):
+        if self.save_weights_only:
+            _atomic_write(path, lambda tmp: self.model.save_weights(tmp), self.suffix)
+        else:
+            _atomic_write(path, lambda tmp: self.model.save(tmp), self.suffix)
+
+    def _improved(self, value):
+        if self.best is None:
+            return True
+        return value < self.best if self.mode == "min" else value > self.best
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        loss = _to_float(logs.get("loss", 0.0))
+        if loss is not None and not math.isfinite(loss):
+            logger.warning("Epoch %d: loss is %s, not writing checkpoints.", epoch + 1, loss)
+            return
+        final = self.params.get("epochs") == epoch + 1 if self.params else False
+        if (epoch + 1) % self.save_freq == 0 or final or self.model.stop_training:
+            self._save(self.last_path)
+        if not self.save_best:
+            return
+        value = _to_float(logs[self.monitor]) if self.monitor in logs else None
+        if value is None:
+            if not self._warned_missing:
+                logger.warning(
+                    "AtomicModelCheckpoint: %r is not in the epoch logs (available: %s); "
+                    "`best` is not saved.",
+                    self.monitor,
+                    sorted(logs),
+                )
+                self._warned_missing = True
+            return
+        if math.isfinite(value) and self._improved(value):
+            if self.verbose:
+                print(f"\nEpoch {epoch + 1}: {self.monitor} improved to {value:.5g}, saving best.")
+            self.best = value
+            self._save(self.best_path)
+            _write_json(
+                self.best_state_path,
+                {"monitor": self.monitor, "mode": self.mode, "best": value, "epoch": epoch + 1},
+            )
+
+
+class TrainingCurves(keras.callbacks.Callback):
+    """Writes `history.json` and a `training_curves.png` (train and val per metric) each epoch.
+
+    On a resumed run (e.g. with `BackupAndRestore`) the existing JSON is read back and epochs
+    from the restart point on are replaced, so the curves cover the whole run. The learning
+    rate is recorded as `learning_rate` when the optimizer exposes one.
+
+    Args:
+        output_dir: Directory for the two files (created if missing).
+        json_name: File name of the JSON history (a list of per-epoch records).
+        png_name: File name of the PNG plot.
+
+    Example:
+
+    >>> model.fit(x, y, validation_split=0.1, epochs=5, callbacks=[TrainingCurves("runs/a")])
+    """
+
+    def __init__(self, output_dir, json_name="history.json", png_name="training_curves.png"):
+        super().__init__()
+        if not output_dir:
+            raise ValueError("`output_dir` must be a non-empty path.")
+        if not json_name.endswith(".json") or not png_name.endswith(".png"):
+            raise ValueError(
+                "`json_name` must end in '.json' and `png_name` in '.png'. Received: "
+                f"json_name={json_name!r}, png_name={png_name!r}"
+            )
+        self.output_dir = os.fspath(output_dir)
+        self.json_path = os.path.join(self.output_dir, json_name)
+        self.png_path = os.path.join(self.output_dir, png_name)
+        self.records = []
+        self._first_epoch_seen = False
+
+    def on_train_begin(self, logs=None):
+        self.records = []
+        self._first_epoch_seen = False
+        if os.path.exists(self.json_path):
+            with open(self.json_path, encoding="utf-8") as f:
+                self.records = json.load(f)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self._first_epoch_seen:
+            # Records are 1-based; drop what a restart from 0-based `epoch` will redo.
+            self.records = [r for r in self.records if r.get("epoch", 0) <= epoch]
+            self._first_epoch_seen = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        record = {"epoch": epoch + 1}
+        for key, value in (logs or {}).items():
+            value = _to_float(value)
+            if value is not None:
+                record[key] = value
+        optimizer = getattr(self.model, "optimizer", None)
+        if "learning_rate" not in record and optimizer is not None:
+            lr = _to_float(optimizer.learning_rate)
+            if lr is not None:
+                record["learning_rate"] = lr
+        self.records = [r for r in self.records if r.get("epoch") != epoch + 1] + [record]
+        _write_json(self.json_path, self.records)
+        _atomic_write(self.png_path, self._plot, ".png")
+
+    def _plot(self, path):
+        # The object-oriented API with an explicit Agg canvas: no pyplot global state, no
+        # display needed, and no interference with the user's chosen matplotlib backend.
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        keys = []
+        for record in self.records:
+            for key in record:
+                base = key[4:] if key.startswith("val_") else key
+                if key != "epoch" and base not in keys:
+                    keys.append(base)
+        ncols = min(3, max(1, len(keys)))
+        nrows = max(1, math.ceil(len(keys) / ncols))
+        fig = Figure(figsize=(4.5 * ncols, 3.2 * nrows))
+        FigureCanvasAgg(fig)
+        for i, key in enumerate(keys):
+            ax = fig.add_subplot(nrows, ncols, i + 1)
+            for name, label in ((key, "train"), ("val_" + key, "val")):
+                points = [(r["epoch"], r[name]) for r in self.records if name in r]
+                if points:
+                    xs, ys = zip(*points)
+                    ax.plot(xs, ys, marker="o", markersize=3, label=label)
+            ax.set_title(key)
+            ax.set_xlabel("epoch")
+            if key == "learning_rate":
+                ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, format="png", dpi=100)
+
+
+def standard_callbacks(
+    output_dir,
+    monitor="val_loss",
+    mode="auto",
+    save_best=True,
+    save_weights_only=False,
+    backup=True,
+    tensorboard=True,
+    curves=True,
+    verbose=0,
+):
+    """The callback set for a resumable training run under `output_dir`.
+
+    Returns, in order: `BackupAndRestore(output_dir/backup)` (restores weights, optimizer state
+    and the epoch when `fit` is rerun after a crash), `TerminateOnNaN`,
+    `AtomicModelCheckpoint(output_dir/checkpoints)`, `TrainingCurves(output_dir)` and
+    `TensorBoard(output_dir/logs)`. TensorBoard needs the `tensorflow` and `tensorboard`
+    packages (on any Keras backend); without them it is skipped with a logged warning.
+
+    Example:
+
+    >>> callbacks = standard_callbacks("runs/hrvit_b1_ade", monitor="val_loss")
+    >>> model.fit(train_ds, validation_data=val_ds, epochs=100, callbacks=callbacks)
+    """
+    if not output_dir:
+        raise ValueError("`output_dir` must be a non-empty path.")
+    output_dir = os.fspath(output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    out = []
+    if backup:
+        out.append(keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")))
+    out.append(keras.callbacks.TerminateOnNaN())
+    out.append(
+        AtomicModelCheckpoint(
+            os.path.join(output_dir, "checkpoints"),
+            monitor=monitor,
+            mode=mode,
+            save_best=save_best,
+            save_weights_only=save_weights_only,
+            verbose=verbose,
+        )
+    )
+    if curves:
+        out.append(TrainingCurves(output_dir))
+    if tensorboard:
+        missing = [m for m in ("tensorflow", "tensorboard") if importlib.util.find_spec(m) is None]
+        if missing:
+            logger.warning(
+                "Skipping the TensorBoard callback: it needs %s, which is not installed.",
+                " and ".join(missing),
+            )
+        else:
+            out.append(keras.callbacks.TensorBoard(os.path.join(output_dir, "logs")))
+    return out
+
+
+__all__ = ["AtomicModelCheckpoint", "TrainingCurves", "standard_callbacks"]

@@ -1,0 +1,394 @@
+"""The segmentation data layer: shapes dataset, augmentation pipelines and dataset loaders."""
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_hrvit.data import (
+    ADE20K_CLASSES,
+    CITYSCAPES_CLASSES,
+    IGNORE_LABEL,
+    SHAPES_CLASSES,
+    denormalize,
+    generate_shapes,
+    load_ade20k,
+    load_cityscapes,
+    load_folder,
+    load_shapes,
+    segmentation_eval_pipeline,
+    segmentation_train_pipeline,
+)
+
+# --- shapes dataset ------------------------------------------------------------------------------
+
+
+def test_shapes_deterministic_disjoint_and_complete():
+    images, masks = generate_shapes(24, image_size=64, seed=3)
+    assert images.shape == (24, 64, 64, 3) and images.dtype == np.uint8
+    assert masks.shape == (24, 64, 64) and masks.dtype == np.uint8
+
+    again_images, again_masks = generate_shapes(24, image_size=64, seed=3)
+    np.testing.assert_array_equal(images, again_images)
+    np.testing.assert_array_equal(masks, again_masks)
+    # Image i depends only on its index, so a split can be drawn in chunks.
+    tail_images, tail_masks = generate_shapes(4, image_size=64, seed=3, start_index=20)
+    np.testing.assert_array_equal(tail_images, images[20:])
+    np.testing.assert_array_equal(tail_masks, masks[20:])
+
+    val_images, _ = generate_shapes(24, image_size=64, seed=3, split="validation")
+    other_seed, _ = generate_shapes(24, image_size=64, seed=4)
+    train_set = {im.tobytes() for im in images}
+    assert not train_set & {im.tobytes() for im in val_images}
+    assert not train_set & {im.tobytes() for im in other_seed}
+
+    assert set(np.unique(masks)) == set(range(len(SHAPES_CLASSES)))
+    assert SHAPES_CLASSES[0] == "background" and 4 <= len(SHAPES_CLASSES) <= 6
+    assert all(len(np.unique(m)) >= 2 for m in masks)
+    foreground = (masks > 0).mean()
+    assert 0.1 < foreground < 0.5, foreground
+
+
+def test_shapes_shape_classes_are_outlines():
+    # A lone circle fills about pi/4 of its bounding box and a ring clearly less.
+    _, masks = generate_shapes(60, image_size=96, seed=0, min_shapes=1, max_shapes=1)
+    fill = {c: [] for c in range(1, len(SHAPES_CLASSES))}
+    for mask in masks:
+        (c,) = set(np.unique(mask)) - {0}
+        ys, xs = np.nonzero(mask == c)
+        box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+        fill[c].append(len(ys) / box)
+        assert 0.15 * 96 - 2 <= max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
+    assert all(fill.values())
+    assert 0.72 < np.mean(fill[1]) < 0.85  # circle
+    assert np.mean(fill[4]) < 0.7  # ring
+    assert np.mean(fill[3]) < 0.6  # triangle
+
+
+def test_load_shapes_matches_generator():
+    ds = load_shapes("validation", num_images=5, image_size=48, seed=7)
+    assert ds.element_spec[0].dtype == tf.uint8 and ds.element_spec[1].dtype == tf.uint8
+    pairs = list(ds.as_numpy_iterator())
+    images, masks = generate_shapes(5, image_size=48, seed=7, split="validation")
+    assert len(pairs) == 5
+    np.testing.assert_array_equal(np.stack([p[0] for p in pairs]), images)
+    np.testing.assert_array_equal(np.stack([p[1] for p in pairs]), masks)
+    with pytest.raises(ValueError, match="split"):
+        load_shapes("val")
+    with pytest.raises(ValueError, match="image_size"):
+        generate_shapes(2, image_size=8)
+
+
+# --- training pipeline ---------------------------------------------------------------------------
+
+
+def _colour_coded_dataset(num, height=72, width=104, block=8, seed=0):
+    """Blocks whose mask class follows from their colour: 0 grey, 1 red, 2 green, 3 blue."""
+    rng = np.random.default_rng(seed)
+    images, masks = [], []
+    for _ in range(num):
+        classes = rng.integers(0, 4, size=(height // block, width // block))
+        mask = np.kron(classes, np.ones((block, block), np.int64)).astype(np.uint8)
+        image = np.empty((height, width, 3), np.uint8)
+        for by in range(classes.shape[0]):
+            for bx in range(classes.shape[1]):
+                c = classes[by, bx]
+                if c == 0:
+                    colour = np.full(3, rng.integers(40, 200))
+                else:
+                    colour = rng.integers(10, 40, size=3)
+                    colour[c - 1] = rng.integers(190, 231)
+                image[by * block : (by + 1) * block, bx * block : (bx + 1) * block] = colour
+        images.append(image)
+        masks.append(mask)
+    return tf.data.Dataset.from_tensor_slices((np.stack(images), np.stack(masks)))
+
+
+def _class_from_colour(image):
+    image = image.astype(np.int32)
+    spread = image.max(-1) - image.min(-1)
+    return np.where(spread < 12, 0, image.argmax(-1) + 1)
+
+
+def _interior(mask):
+    """Pixels whose 3x3 neighbourhood has a single label (away from interpolation borders).
+
+    Crop edges never count: the pixels just outside a crop were blended in but are not shown.
+    """
+    padded = np.pad(mask.astype(np.int64), 1, constant_values=-1)
+    same = np.ones(mask.shape, bool)
+    for dy in range(3):
+        for dx in range(3):
+            same &= padded[dy : dy + mask.shape[0], dx : dx + mask.shape[1]] == mask
+    return same
+
+
+def test_train_pipeline_keeps_image_and_mask_aligned():
+    ds = _colour_coded_dataset(24)
+    train = segmentation_train_pipeline(
+        ds, crop_size=(64, 64), base_scale=(104, 72), batch_size=12, seed=0
+    )
+    checked = padded = flipped_or_scaled = 0
+    for images, masks in train:
+        assert images.dtype == tf.float32 and images.shape == (12, 64, 64, 3)
+        assert masks.dtype == tf.int32 and masks.shape == (12, 64, 64)
+        for image, mask in zip(images.numpy(), masks.numpy()):
+            # 255 only in a bottom/right padding band, where the normalized image is exactly 0.
+            valid = mask != IGNORE_LABEL
+            rows, cols = valid.any(1), valid.any(0)
+            vh, vw = rows.sum(), cols.sum()
+            assert rows[:vh].all() and cols[:vw].all()
+            assert valid[:vh, :vw].all() and not valid[vh:].any() and not valid[:, vw:].any()
+            assert np.all(image[~valid] == 0.0)
+            padded += vh < 64 or vw < 64
+            flipped_or_scaled += vh < 64 or vw < 64 or not np.all(mask[:8, :8] == mask[0, 0])
+
+            inside = _interior(mask) & valid
+            predicted = _class_from_colour(denormalize(image))
+            agreement = np.mean(predicted[inside] == mask[inside])
+            assert agreement > 0.995, agreement
+            checked += inside.sum()
+    assert checked > 30000 and padded > 0 and flipped_or_scaled > 0
+
+
+def test_train_pipeline_rescale_follows_base_scale():
+    # Without cropping effects (a huge crop) the valid area is the keep-ratio rescaled image.
+    ds = _colour_coded_dataset(12)
+    train = segmentation_train_pipeline(
+        ds,
+        crop_size=256,
+        base_scale=(52, 36),
+        ratio_range=(0.5, 2.0),
+        batch_size=12,
+        photometric=False,
+        seed=1,
+    )
+    _, masks = next(iter(train))
+    sizes = set()
+    for mask in masks.numpy():
+        valid = mask != IGNORE_LABEL
+        vh, vw = int(valid.any(1).sum()), int(valid.any(0).sum())
+        assert 17 <= vh <= 72 and 25 <= vw <= 104
+        assert abs(vw / vh - 104 / 72) < 0.08
+        sizes.add((vh, vw))
+    assert len(sizes) > 4
+
+
+def test_train_pipeline_is_reproducible_with_a_seed_and_reads_dicts():
+    ds = load_shapes("train", num_images=8, image_size=48)
+    as_dicts = ds.map(lambda i, m: {"image": i, "segmentation_mask": m[..., None]})
+
+    def pipeline(data):
+        return segmentation_train_pipeline(
+            data, crop_size=32, base_scale=(48, 48), batch_size=8, seed=5
+        )
+
+    first = pipeline(ds)
+    a_images, a_masks = next(iter(first))
+    b_images, b_masks = next(iter(pipeline(as_dicts)))
+    np.testing.assert_array_equal(a_images.numpy(), b_images.numpy())
+    np.testing.assert_array_equal(a_masks.numpy(), b_masks.numpy())
+    # Each epoch draws new augmentations, still from the same seed.
+    c_images, _ = next(iter(first))
+    assert c_images.shape == (8, 32, 32, 3)
+    assert not np.array_equal(a_images.numpy(), c_images.numpy())
+
+
+def test_crop_rule_keeps_dominant_class_below_ratio_when_achievable():
+    mask = np.ones((100, 100), np.uint8)
+    mask[38:62, 38:62] = 2
+    mask[:5, :5] = IGNORE_LABEL  # ignored pixels count for neither class
+    image = np.zeros((100, 100, 3), np.uint8)
+    ds = tf.data.Dataset.from_tensors((image, mask)).repeat(200)
+
+    def rule_holds(cat_max_ratio):
+        train = segmentation_train_pipeline(
+            ds,
+            crop_size=40,
+            ratio_range=None,
+            batch_size=100,
+            cat_max_ratio=cat_max_ratio,
+            flip_prob=0.0,
+            photometric=False,
+            shuffle_buffer=None,
+            seed=3,
+        )
+        held = []
+        for _, masks in train:
+            for crop in masks.numpy():
+                counts = np.bincount(crop[crop != IGNORE_LABEL].ravel(), minlength=3)
+                held.append((counts > 0).sum() > 1 and counts.max() / counts.sum() < 0.75)
+        assert len(held) == 200
+        return np.mean(held)
+
+    with_rule, without_rule = rule_holds(0.75), rule_holds(1.0)
+    # One random window satisfies the rule 23% of the time, one of ten tries 92%.
+    assert with_rule > 0.85 and without_rule < 0.35, (with_rule, without_rule)
+
+    # When no window can satisfy the rule, the pipeline still returns crops.
+    uniform = tf.data.Dataset.from_tensors((image, np.ones((100, 100), np.uint8))).repeat(4)
+    train = segmentation_train_pipeline(
+        uniform, crop_size=40, ratio_range=None, batch_size=4, shuffle_buffer=None
+    )
+    _, masks = next(iter(train))
+    assert np.all(masks.numpy() == 1)
+
+
+def test_pipeline_argument_validation():
+    ds = load_shapes("train", num_images=2, image_size=32)
+    with pytest.raises(ValueError, match="crop_size"):
+        segmentation_train_pipeline(ds, crop_size=0)
+    with pytest.raises(ValueError, match="ratio_range"):
+        segmentation_train_pipeline(ds, crop_size=32, ratio_range=(2.0, 1.0))
+    with pytest.raises(ValueError, match="cat_max_ratio"):
+        segmentation_train_pipeline(ds, crop_size=32, cat_max_ratio=0.0)
+    with pytest.raises(ValueError, match="'mask'"):
+        segmentation_eval_pipeline(ds.map(lambda i, m: {"image": i, "label": m}))
+    with pytest.raises(TypeError, match="tf.data.Dataset"):
+        segmentation_eval_pipeline([1, 2])
+    with pytest.raises(ValueError, match="Masks must be"):
+        segmentation_eval_pipeline(ds.map(lambda i, m: (i, m[None, None])))
+
+
+# --- evaluation pipeline -------------------------------------------------------------------------
+
+
+def test_eval_pipeline_resizes_normalizes_and_pads():
+    ds = _colour_coded_dataset(3, height=40, width=64)
+    raw = list(ds.as_numpy_iterator())
+
+    images, masks = next(iter(segmentation_eval_pipeline(ds, batch_size=3)))
+    assert images.shape == (3, 40, 64, 3) and masks.dtype == tf.int32
+    np.testing.assert_array_equal(denormalize(images), np.stack([r[0] for r in raw]))
+    np.testing.assert_array_equal(masks.numpy(), np.stack([r[1] for r in raw]))
+
+    # Fit into (128, 96): factor min(128 / 64, 96 / 40) = 2; masks stay at label resolution.
+    images, masks = next(iter(segmentation_eval_pipeline(ds, scale=(96, 128))))
+    assert images.shape == (1, 80, 128, 3) and masks.shape == (1, 40, 64)
+
+    images, masks = next(
+        iter(segmentation_eval_pipeline(ds, scale=(128, 96), resize_mask=True, pad_to_multiple=32))
+    )
+    assert images.shape == (1, 96, 128, 3) and masks.shape == (1, 96, 128)
+    mask = masks.numpy()[0]
+    assert np.all(mask[80:] == IGNORE_LABEL) and np.all(images.numpy()[0, 80:] == 0.0)
+    np.testing.assert_array_equal(mask[:80:2, ::2], raw[0][1])  # nearest, exact 2x upscale
+
+    # Different sizes in one batch are padded with 0 / ignore.
+    mixed = ds.take(1).concatenate(_colour_coded_dataset(1, height=32, width=48))
+    images, masks = next(iter(segmentation_eval_pipeline(mixed, batch_size=2)))
+    assert images.shape == (2, 40, 64, 3)
+    assert np.all(masks.numpy()[1, 32:] == IGNORE_LABEL)
+    assert np.all(masks.numpy()[1, :, 48:] == IGNORE_LABEL)
+    assert np.all(masks.numpy()[1, :32, :48] != IGNORE_LABEL)
+
+
+# --- loaders -------------------------------------------------------------------------------------
+
+
+def test_load_ade20k_through_tfds_mock_reduces_zero_label():
+    import tensorflow_datasets as tfds
+
+    assert len(ADE20K_CLASSES) == 150 and ADE20K_CLASSES[0] == "wall"
+    with tfds.testing.mock_data(num_examples=3):
+        raw = list(tfds.load("scene_parse150", split="test").as_numpy_iterator())
+        ours = list(load_ade20k("validation").as_numpy_iterator())
+        plain = list(load_ade20k("test", reduce_zero_label=False).as_numpy_iterator())
+    assert len(raw) == len(ours) == 3
+    saw_zero = False
+    for example, (image, mask), (_, plain_mask) in zip(raw, ours, plain):
+        labels = example["annotation"][..., 0]
+        np.testing.assert_array_equal(image, example["image"])
+        assert mask.dtype == np.uint8 and mask.shape == labels.shape
+        np.testing.assert_array_equal(mask == IGNORE_LABEL, labels == 0)
+        np.testing.assert_array_equal(mask[labels > 0], labels[labels > 0] - 1)
+        np.testing.assert_array_equal(plain_mask, labels)
+        saw_zero |= bool((labels == 0).any())
+    assert saw_zero
+    with pytest.raises(ValueError, match="split"):
+        load_ade20k("training")
+
+
+def _write_png(path, array):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if array.ndim == 2:
+        array = array[..., None]
+    tf.io.write_file(path, tf.io.encode_png(array))
+
+
+def test_load_cityscapes_maps_label_ids_to_train_ids(tmp_path):
+    root = tmp_path / "cityscapes"
+    rng = np.random.default_rng(0)
+    label_ids = np.arange(36, dtype=np.uint8).reshape(6, 6)  # ids 0-33 plus two invalid ones
+    expected = np.full(36, 255, np.uint8)
+    for label_id, train_id in zip(
+        [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33], range(19)
+    ):
+        expected[label_id] = train_id
+    image = rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8)
+    stem = "aachen_000000_000019"
+    _write_png(str(root / "leftImg8bit/val/aachen" / f"{stem}_leftImg8bit.png"), image)
+    _write_png(str(root / "gtFine/val/aachen" / f"{stem}_gtFine_labelIds.png"), label_ids)
+    # Where labelTrainIds exist they win over labelIds.
+    train_ids = rng.choice(np.r_[0:19, 255], size=(6, 6)).astype(np.uint8)
+    stem2 = "bochum_000000_000313"
+    _write_png(str(root / "leftImg8bit/val/bochum" / f"{stem2}_leftImg8bit.png"), image)
+    _write_png(str(root / "gtFine/val/bochum" / f"{stem2}_gtFine_labelIds.png"), label_ids)
+    _write_png(str(root / "gtFine/val/bochum" / f"{stem2}_gtFine_labelTrainIds.png"), train_ids)
+    # An image without annotation is skipped with a warning.
+    _write_png(str(root / "leftImg8bit/val/bochum" / "bochum_000000_000999_leftImg8bit.png"), image)
+
+    with pytest.warns(UserWarning, match="without a gtFine label"):
+        ds = load_cityscapes(str(root), split="validation")
+    pairs = list(ds.as_numpy_iterator())
+    assert len(pairs) == 2 and len(CITYSCAPES_CLASSES) == 19
+    np.testing.assert_array_equal(pairs[0][0], image)
+    np.testing.assert_array_equal(pairs[0][1], expected.reshape(6, 6))
+    np.testing.assert_array_equal(pairs[1][1], train_ids)
+    with pytest.raises(FileNotFoundError, match="leftImg8bit/train"):
+        load_cityscapes(str(root), split="train")
+    with pytest.raises(ValueError, match="split"):
+        load_cityscapes(str(root), split="training")
+
+
+def test_load_folder_skips_corrupt_images_with_a_warning(tmp_path):
+    images_dir, masks_dir = tmp_path / "images", tmp_path / "masks"
+    rng = np.random.default_rng(0)
+    good = {}
+    for name in ("a", "b", "c"):
+        image = rng.integers(0, 256, size=(10, 14, 3), dtype=np.uint8)
+        mask = rng.integers(0, 5, size=(10, 14), dtype=np.uint8)
+        _write_png(str(images_dir / f"{name}.png"), image)
+        _write_png(str(masks_dir / f"{name}_mask.png"), mask)
+        good[name] = (image, mask)
+    # A file that is not an image at all, caught up front with a Python warning.
+    (images_dir / "broken.jpg").write_bytes(b"this is not a jpeg")
+    _write_png(str(masks_dir / "broken_mask.png"), np.zeros((10, 14), np.uint8))
+    # A PNG cut short: passes the header check, fails to decode, dropped inside tf.data.
+    data = tf.io.encode_png(good["c"][0]).numpy()
+    (images_dir / "c.png").write_bytes(data[: len(data) // 2])
+    # An image without a mask.
+    _write_png(str(images_dir / "lonely.png"), good["a"][0])
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = load_folder(str(images_dir), str(masks_dir), mask_suffix="_mask")
+    messages = " ".join(str(w.message) for w in caught)
+    assert "broken.jpg" in messages and "lonely.png" in messages
+    pairs = list(ds.as_numpy_iterator())
+    assert len(pairs) == 2
+    for (image, mask), name in zip(pairs, ("a", "b")):
+        np.testing.assert_array_equal(image, good[name][0])
+        np.testing.assert_array_equal(mask, good[name][1])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reduced = list(
+            load_folder(str(images_dir), str(masks_dir), "_mask", reduce_zero_label=True)
+        )
+    expected = np.where(good["a"][1] == 0, 255, good["a"][1] - 1)
+    np.testing.assert_array_equal(reduced[0][1].numpy(), expected)
+    with pytest.raises(FileNotFoundError, match="masks_dir"):
+        load_folder(str(images_dir), str(tmp_path / "nowhere"))

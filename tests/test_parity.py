@@ -1,0 +1,79 @@
+"""Our models compute the original PyTorch code's function (reference tensors in fixtures/)."""
+
+import keras
+import numpy as np
+import pytest
+from reference import SIZES, nhwc, reference, state_dict, tiny_backbone, tiny_config
+
+import keras_hrvit
+
+pytestmark = pytest.mark.backend
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    _, raw = tiny_config()
+    backbone = tiny_backbone()
+    model = keras_hrvit.HRViTClassifier(
+        backbone, classes=10, head_channels=raw["head_channels"], classifier_activation=None
+    )
+    result = keras_hrvit.weights.load_torch_state_dict(model, state_dict("sd/"))
+    assert result.missing == [] and result.unexpected == []
+    return backbone, model
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    model = keras_hrvit.HRViTSegmenter(tiny_backbone(), num_classes=7, head_channels=24)
+    # MMSegmentation's layout: backbone.* and decode_head.*, with a DataParallel prefix.
+    weights = {f"module.backbone.{k}": v for k, v in state_dict("sd/").items() if "head." not in k}
+    weights.update(state_dict("seg/"))
+    result = keras_hrvit.weights.load_torch_state_dict(model, weights)
+    assert result.missing == [] and result.unexpected == []
+    return model
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_backbone_and_classifier_match_reference(classifier, size):
+    backbone, model = classifier
+    images = nhwc(reference()[f"in/{size}"])
+    features = backbone(images, training=False)
+    for i, feature in enumerate(features):
+        expected = nhwc(reference()[f"feat/{size}/{i}"])
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(feature), expected, atol=TOLERANCE)
+    logits = keras.ops.convert_to_numpy(model(images, training=False))
+    np.testing.assert_allclose(logits, reference()[f"logits/{size}"], atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_segformer_head_matches_reference(segmenter, size):
+    images = nhwc(reference()[f"in/{size}"])
+    logits = keras.ops.convert_to_numpy(segmenter(images, training=False))
+    np.testing.assert_allclose(logits, nhwc(reference()[f"seglogits/{size}"]), atol=TOLERANCE)
+
+
+def test_backbone_loads_from_classification_checkpoint_and_reports_head():
+    backbone = tiny_backbone()
+    result = keras_hrvit.weights.load_torch_state_dict(backbone, state_dict("sd/"))
+    assert result.missing == []
+    assert result.unexpected and all(name.startswith("head.") for name in result.unexpected)
+
+
+def test_shape_mismatch_names_the_layer_and_loads_nothing():
+    backbone = tiny_backbone(channels=(16, 32, 48, 96))
+    before = [w.copy() for w in backbone.get_weights()]
+    expected = r"fusion/path_3_0_conv/kernel: expects .* blocks\.3\.0\.2\.weight"
+    with pytest.raises(ValueError, match=expected):
+        keras_hrvit.weights.load_torch_state_dict(backbone, state_dict("sd/"))
+    for old, new in zip(before, backbone.get_weights()):
+        np.testing.assert_array_equal(old, new)
+
+
+def test_missing_parameters_are_an_error_when_strict():
+    weights = state_dict("sd/")
+    del weights["stem.conv1.weight"]
+    with pytest.raises(ValueError, match="lacks 1 parameters.*stem.conv1.weight"):
+        keras_hrvit.weights.load_torch_state_dict(tiny_backbone(), weights)
+    result = keras_hrvit.weights.load_torch_state_dict(tiny_backbone(), weights, strict=False)
+    assert result.missing == ["stem.conv1.weight"]
