@@ -19,9 +19,9 @@ import tempfile
 
 import keras
 
+from keras_hrvit.data.constants import IMAGENET_MEAN, IMAGENET_STD
+
 TASKS = ("classification", "segmentation")
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
 def infer_task(model):

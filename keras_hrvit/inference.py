@@ -22,6 +22,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_hrvit.layers.common import resize_bilinear
+
 _MODES = ("whole", "slide")
 _MERGES = ("probs", "logits")
 
@@ -46,38 +48,9 @@ def resize_logits(logits, size):
     size = tuple(size)
     if len(size) != 2:
         raise ValueError(f"`size` must be (height, width); got {size!r}.")
-    if not all(isinstance(s, int | np.integer) for s in size):
-        # TF graphs with unknown spatial dims give symbolic sizes, which ops.image.resize
-        # rejects (it checks `size > 0` in Python).
-        return _resize_bilinear_dynamic(logits, size)
-    size = tuple(int(s) for s in size)
-    if tuple(logits.shape[1:3]) == size:
-        return logits
-    return ops.image.resize(
-        logits,
-        size,
-        interpolation="bilinear",
-        antialias=False,
-        data_format="channels_last",
-    )
-
-
-def _resize_bilinear_dynamic(x, size):
-    # Separable half-pixel bilinear interpolation with clamped borders: the same sampling as
-    # tf.image.resize / F.interpolate(align_corners=False), written with gathers so the sizes
-    # may be tensors.
-    for axis, new in ((1, size[0]), (2, size[1])):
-        old = ops.shape(x)[axis]
-        old_f = ops.cast(old, "float32")
-        src = (ops.cast(ops.arange(new), "float32") + 0.5) * (old_f / ops.cast(new, "float32"))
-        src = ops.clip(src - 0.5, 0.0, old_f - 1.0)
-        low = ops.floor(src)
-        frac = ops.cast(src - low, x.dtype)
-        low = ops.cast(low, "int32")
-        high = ops.minimum(low + 1, ops.cast(old, "int32") - 1)
-        frac = ops.reshape(frac, (-1, 1, 1) if axis == 1 else (-1, 1))
-        x = ops.take(x, low, axis=axis) * (1 - frac) + ops.take(x, high, axis=axis) * frac
-    return x
+    if all(isinstance(s, int | np.integer) for s in size):
+        size = tuple(int(s) for s in size)
+    return resize_bilinear(logits, size)
 
 
 def _as_pair(value, name):

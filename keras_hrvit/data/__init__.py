@@ -1,5 +1,16 @@
-"""Segmentation data: the embedded shapes dataset, dataset loaders and tf.data pipelines."""
+"""tf.data pipelines: embedded datasets, dataset loaders, segmentation and classification."""
 
+from keras_hrvit.data.classification import (
+    EMBEDDED_CLASSES,
+    classification_eval_pipeline,
+    classification_train_pipeline,
+    generate_embedded_classification,
+    load_classification_data,
+    load_embedded_classification,
+    load_image_folder,
+    load_tfds_classification,
+)
+from keras_hrvit.data.constants import IGNORE_LABEL, IMAGENET_MEAN, IMAGENET_STD
 from keras_hrvit.data.loaders import (
     ADE20K_CLASSES,
     CITYSCAPES_CLASSES,
@@ -8,9 +19,6 @@ from keras_hrvit.data.loaders import (
     load_folder,
 )
 from keras_hrvit.data.segmentation import (
-    IGNORE_LABEL,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     denormalize,
     segmentation_eval_pipeline,
     segmentation_train_pipeline,
@@ -19,6 +27,14 @@ from keras_hrvit.data.shapes import SHAPES_CLASSES, generate_shapes, load_shapes
 
 __all__ = [
     "ADE20K_CLASSES",
+    "EMBEDDED_CLASSES",
+    "classification_eval_pipeline",
+    "classification_train_pipeline",
+    "generate_embedded_classification",
+    "load_classification_data",
+    "load_embedded_classification",
+    "load_image_folder",
+    "load_tfds_classification",
     "CITYSCAPES_CLASSES",
     "IGNORE_LABEL",
     "IMAGENET_MEAN",

@@ -15,9 +15,7 @@ of class indices, 255 meaning "ignore". They return batches of float32 NHWC imag
 import numpy as np
 import tensorflow as tf
 
-IGNORE_LABEL = 255
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
+from keras_hrvit.data.constants import IGNORE_LABEL, IMAGENET_MEAN, IMAGENET_STD
 
 # MMSeg's PhotoMetricDistortion defaults; the hue delta is on OpenCV's 0-180 hue scale.
 _BRIGHTNESS_DELTA = 32.0

@@ -3,12 +3,7 @@
 import keras
 from keras import ops
 
-from keras_hrvit.layers.common import batch_norm, check_positive_int, register, resize_bilinear
-
-
-def resize_to(x, reference):
-    """Bilinear resize (PyTorch's `align_corners=False`) to `reference`'s height and width."""
-    return resize_bilinear(x, ops.shape(reference)[1:3])
+from keras_hrvit.layers.common import batch_norm, check_positive_int, register, resize_to
 
 
 def _check_dropout(dropout):

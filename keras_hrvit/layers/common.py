@@ -61,6 +61,11 @@ def resize_bilinear(x, size):
     return x
 
 
+def resize_to(x, reference):
+    """Bilinear resize of `x` to `reference`'s height and width."""
+    return resize_bilinear(x, ops.shape(reference)[1:3])
+
+
 def _linear_along(x, axis, n_in, n_out):
     dtype = x.dtype
     scale = ops.cast(n_in, "float32") / ops.cast(n_out, "float32")

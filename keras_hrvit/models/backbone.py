@@ -36,6 +36,8 @@ class HRViTBackbone(keras.Model):
         window_sizes: stripe width of each branch.
         mlp_ratios: MixCFN expansion of each branch.
         drop_path_rate: largest stochastic depth rate (linearly increasing over the modules).
+        remat: recompute each transformer block's activations in the backward pass instead of
+            keeping them (the original's `with_cp`): less memory, more compute in training.
         input_shape: image shape, channels last; height and width may be `None`.
 
     Example:
@@ -53,6 +55,7 @@ class HRViTBackbone(keras.Model):
         window_sizes,
         mlp_ratios,
         drop_path_rate=0.0,
+        remat=False,
         input_shape=(None, None, 3),
         **kwargs,
     ):
@@ -79,14 +82,18 @@ class HRViTBackbone(keras.Model):
             for i, x in enumerate(features):
                 x = EffPatchEmbed(channels[i], name=f"m{m}_embed{i}")(x)
                 for b in range(module[i]):
-                    x = HRViTBlock(
+                    block = HRViTBlock(
                         channels[i],
                         window_size=window_sizes[i],
                         head_dim=head_dim,
                         mlp_ratio=mlp_ratios[i],
                         drop_path_rate=rates[m][b],
                         name=f"m{m}_branch{i}_block{b}",
-                    )(x)
+                    )
+                    # Remat is decided when a layer is first called; only whole blocks get it.
+                    mode = "list_of_layers" if remat else None
+                    with keras.RematScope(mode=mode, layer_names=[block.name]):
+                        x = block(x)
                 next_features.append(layer_norm(f"m{m}_norm{i}")(x))
             features = next_features
             widths = channels[: len(module)]
@@ -100,6 +107,7 @@ class HRViTBackbone(keras.Model):
         self.window_sizes = window_sizes
         self.mlp_ratios = mlp_ratios
         self.drop_path_rate = drop_path_rate
+        self.remat = remat
         self.image_shape = input_shape
         self.pyramid_outputs = dict(zip(PYRAMID_LEVELS, features))
 
@@ -114,6 +122,7 @@ class HRViTBackbone(keras.Model):
             "window_sizes": self.window_sizes,
             "mlp_ratios": self.mlp_ratios,
             "drop_path_rate": self.drop_path_rate,
+            "remat": self.remat,
             "input_shape": self.image_shape,
         }
 

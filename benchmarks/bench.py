@@ -1,0 +1,221 @@
+"""Speed and memory of HRViT backbones and segmenters, per backend, against a peer in the same run.
+
+Each (backend, configuration) runs in its own subprocess so that peak memory is its own. Prints a
+table and writes JSON. Report ratios from one run; absolute times only from a GPU.
+
+    python benchmarks/bench.py --backends tensorflow jax torch --models hrvit_b1 --sizes 512
+    python benchmarks/bench.py --peer  # adds KerasHub's SegFormer MiT-B1 backbone (keras-hub)
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _build(name, task, size):
+    import keras
+
+    import keras_hrvit
+
+    shape = (size[0], size[1], 3)
+    if name == "mit_b1":
+        import keras_hub
+
+        # MiT-B1 as in SegFormer: widths 64/128/320/512, depths 2/2/2/2.
+        backbone = keras_hub.models.MiTBackbone(
+            layerwise_depths=[2, 2, 2, 2],
+            num_layers=4,
+            layerwise_num_heads=[1, 2, 5, 8],
+            layerwise_sr_ratios=[8, 4, 2, 1],
+            max_drop_path_rate=0.1,
+            layerwise_patch_sizes=[7, 3, 3, 3],
+            layerwise_strides=[4, 2, 2, 2],
+            hidden_dims=[64, 128, 320, 512],
+            image_shape=shape,
+        )
+        if task == "backbone":
+            return backbone
+        return keras_hub.models.SegFormerBackbone(image_encoder=backbone, projection_filters=256)
+    if task == "backbone":
+        return keras_hrvit.HRViTBackbone.from_preset(name, input_shape=shape)
+    model = keras_hrvit.HRViTSegmenter(
+        keras_hrvit.HRViTBackbone.from_preset(name, input_shape=shape), num_classes=150
+    )
+    keras.utils.set_random_seed(0)
+    return model
+
+
+def _time(fn, warmup, repeats):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def run_one(args):
+    """Runs in the subprocess: one backend, model, task, size, mode and precision."""
+    import keras
+
+    if args.precision != "float32":
+        keras.mixed_precision.set_global_policy(args.precision)
+    size = tuple(args.size)
+    model = _build(args.model, args.task, size)
+    images = np.random.rand(args.batch, size[0], size[1], 3).astype("float32")
+    compiled = args.mode == "compiled"
+    result = {"params": int(model.count_params())}
+    if args.measure == "inference":
+        if compiled:
+            model.compile(jit_compile=True)
+            fn = lambda: model.predict_on_batch(images)  # noqa: E731
+        else:
+            fn = lambda: keras.ops.convert_to_numpy(  # noqa: E731
+                keras.tree.flatten(model(images, training=False))[0]
+            )
+        result["latency_ms"] = 1000 * _time(fn, args.warmup, args.repeats)
+    else:
+        import keras_hrvit
+
+        labels = np.random.randint(0, 150, (args.batch,) + size).astype("int32")
+        model.compile(
+            optimizer=keras.optimizers.AdamW(6e-5),
+            loss=keras_hrvit.losses.SegmentationCrossEntropy(),
+            jit_compile=compiled,
+            run_eagerly=not compiled and keras.backend.backend() != "torch",
+        )
+        step = _time(lambda: model.train_on_batch(images, labels), args.warmup, args.repeats)
+        result["train_images_per_s"] = args.batch / step
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backends", nargs="+", default=["tensorflow", "jax", "torch"])
+    parser.add_argument("--models", nargs="+", default=["hrvit_b1"])
+    parser.add_argument(
+        "--tasks", nargs="+", default=["backbone"], choices=["backbone", "segmenter"]
+    )
+    parser.add_argument("--sizes", nargs="+", default=["224", "512"], help="N or HxW")
+    parser.add_argument("--modes", nargs="+", default=["eager", "compiled"])
+    parser.add_argument("--precisions", nargs="+", default=["float32"])
+    parser.add_argument(
+        "--measure", nargs="+", default=["inference"], choices=["inference", "train"]
+    )
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--peer", action="store_true", help="also run KerasHub MiT-B1")
+    parser.add_argument("--out", default="benchmarks/results.json")
+    parser.add_argument("--timeout", type=int, default=1800)
+    parser.add_argument("--_one", nargs=7, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args._one:
+        backend, model, task, size, mode, precision, measure = args._one
+        one = argparse.Namespace(
+            model=model,
+            task=task,
+            size=[int(s) for s in size.split("x")],
+            mode=mode,
+            precision=precision,
+            measure=measure,
+            batch=args.batch,
+            warmup=args.warmup,
+            repeats=args.repeats,
+        )
+        run_one(one)
+        return
+
+    models = list(args.models) + (["mit_b1"] if args.peer else [])
+    rows = []
+    for measure in args.measure:
+        for size in args.sizes:
+            hw = size if "x" in size else f"{size}x{size}"
+            for model in models:
+                for task in args.tasks:
+                    for backend in args.backends:
+                        for mode in args.modes:
+                            for precision in args.precisions:
+                                rows.append(
+                                    _spawn(args, backend, model, task, hw, mode, precision, measure)
+                                )
+                                _print_row(rows[-1])
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(
+            {"machine": os.uname().nodename, "cpus": os.cpu_count(), "rows": rows}, f, indent=2
+        )
+    print(f"\nWrote {args.out}")
+
+
+def _spawn(args, backend, model, task, size, mode, precision, measure):
+    env = dict(
+        os.environ,
+        KERAS_BACKEND=backend,
+        TF_CPP_MIN_LOG_LEVEL="3",
+        PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    command = [
+        sys.executable,
+        __file__,
+        "--batch",
+        str(args.batch),
+        "--warmup",
+        str(args.warmup),
+        "--repeats",
+        str(args.repeats),
+        "--_one",
+        backend,
+        model,
+        task,
+        size,
+        mode,
+        precision,
+        measure,
+    ]
+    row = {
+        "backend": backend,
+        "model": model,
+        "task": task,
+        "size": size,
+        "mode": mode,
+        "precision": precision,
+        "measure": measure,
+        "batch": args.batch,
+    }
+    try:
+        done = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=args.timeout
+        )
+    except subprocess.TimeoutExpired:
+        return {**row, "error": "timeout"}
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return {**row, **json.loads(line[len("RESULT ") :])}
+    return {**row, "error": (done.stderr.strip().splitlines() or ["failed"])[-1][:200]}
+
+
+def _print_row(row):
+    value = row.get("latency_ms") or row.get("train_images_per_s")
+    unit = "ms" if "latency_ms" in row else "img/s"
+    shown = f"{value:9.1f} {unit}" if value else f"error: {row.get('error')}"
+    print(
+        f"{row['backend']:10} {row['model']:9} {row['task']:9} {row['size']:9} {row['mode']:8} "
+        f"{row['precision']:14} {shown:>14}  rss {row.get('peak_rss_mb', 0):7.0f} MB"
+    )
+
+
+if __name__ == "__main__":
+    main()

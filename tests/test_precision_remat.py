@@ -1,0 +1,66 @@
+"""Mixed precision and rematerialization train like float32 without remat."""
+
+import keras
+import numpy as np
+import pytest
+from reference import tiny_backbone
+
+import keras_hrvit
+
+STEPS = 20
+
+
+def _losses(remat=False, policy="float32"):
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(3)
+    previous = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy(policy)
+    try:
+        model = keras_hrvit.HRViTClassifier(
+            tiny_backbone(remat=remat),
+            classes=3,
+            head_channels=(4, 4, 4, 4),
+            classifier_activation=None,
+            dropout=0.0,
+        )
+        model.compile(
+            keras.optimizers.SGD(0.05),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        rng = np.random.default_rng(0)
+        images = rng.random((4, 32, 32, 3)).astype("float32")
+        labels = np.arange(4) % 3
+        return [float(model.train_on_batch(images, labels)) for _ in range(STEPS)]
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
+
+
+@pytest.fixture(scope="module")
+def reference_losses():
+    return _losses()
+
+
+def test_remat_matches_plain_training(reference_losses):
+    np.testing.assert_allclose(_losses(remat=True), reference_losses, rtol=1e-4, atol=1e-5)
+
+
+def test_bfloat16_trains_like_float32_without_nans(reference_losses):
+    losses = _losses(policy="mixed_bfloat16")
+    assert np.all(np.isfinite(losses))
+    # bfloat16 keeps 8 bits of mantissa: the curves agree to a few percent.
+    np.testing.assert_allclose(losses, reference_losses, rtol=0.1, atol=0.05)
+    assert losses[-1] < losses[0]
+
+
+def test_softmax_and_norms_stay_float32_under_mixed_precision():
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        backbone = tiny_backbone()
+        block = backbone.get_layer("m2_branch2_block0")
+        assert block.attn.norm.dtype_policy.name == "mixed_bfloat16"
+        assert block.attn.norm.gamma.dtype == "float32"
+        assert block.attn_norm.compute_dtype == "bfloat16"
+        outputs = backbone(np.random.rand(1, 40, 40, 3).astype("float32"))
+        assert all(str(o.dtype).endswith("bfloat16") for o in outputs)
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
