@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench clean
+.PHONY: demo test test-slow lint bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,17 +17,17 @@ demo: $(STAMP)
 	KERAS_BACKEND=tensorflow $(BIN)/python examples/train_shapes.py --output-dir demo_output
 
 test: $(STAMP)
-	$(BIN)/ruff check keras_hrvit tests benchmarks examples
-	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q
+	$(BIN)/ruff check .
+	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q -m "not slow"
 	KERAS_BACKEND=jax $(BIN)/python -m pytest -q -m "backend and not slow"
 	KERAS_BACKEND=torch $(BIN)/python -m pytest -q -m "backend and not slow"
 
-test-fast: $(STAMP)
-	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q -m "not slow"
+test-slow: $(STAMP)
+	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q -m slow
 
 lint: $(STAMP)
-	$(BIN)/ruff check keras_hrvit tests benchmarks examples
-	$(BIN)/ruff format --check keras_hrvit tests benchmarks examples
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py

@@ -34,13 +34,12 @@ def test_pyramid_outputs_name_the_four_levels():
     assert backbone.pyramid_outputs["P5"].shape[-1] == 64
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "preset, backbone_count, classifier_count",
     [
         ("hrvit_b1", 7_758_008, 19_685_152),
-        ("hrvit_b2", 20_310_944, 32_486_408),
-        ("hrvit_b3", 25_507_960, 37_870_304),
+        pytest.param("hrvit_b2", 20_310_944, 32_486_408, marks=pytest.mark.slow),
+        pytest.param("hrvit_b3", 25_507_960, 37_870_304, marks=pytest.mark.slow),
     ],
 )
 def test_parameter_counts_match_the_original(preset, backbone_count, classifier_count):
@@ -63,6 +62,7 @@ def test_segformer_parameter_counts_match_the_original(preset, overrides, count)
     assert _count(keras_hrvit.HRViTSegmenter.from_preset(preset, **overrides)) == count
 
 
+@pytest.mark.slow
 def test_variant_functions_build_the_preset_classifier():
     model = keras_hrvit.HRViTB1(classes=7, input_shape=(64, 64, 3), classifier_activation=None)
     assert model.name == "hrvit_b1" and model.output_shape == (None, 7)
@@ -87,6 +87,8 @@ def test_fit_decreases_the_loss_in_train_mode():
     model.compile(
         keras.optimizers.Adam(3e-3),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        # XLA compilation of the training graph costs far more than these few steps.
+        jit_compile=False,
     )
     bn = model.get_layer("stem").bn1
     history = model.fit(images, labels, batch_size=4, epochs=8, verbose=0, shuffle=False)

@@ -63,7 +63,7 @@ def test_backbone_loads_from_classification_checkpoint_and_reports_head():
 def test_shape_mismatch_names_the_layer_and_loads_nothing():
     backbone = tiny_backbone(channels=(16, 32, 48, 96))
     before = [w.copy() for w in backbone.get_weights()]
-    expected = r"fusion/path_3_0_conv/kernel: expects .* blocks\.3\.0\.2\.weight"
+    expected = r"fusion/path_3_0_conv/kernel: expects .*blocks\.3\.0\.2\.weight"
     with pytest.raises(ValueError, match=expected):
         keras_hrvit.weights.load_torch_state_dict(backbone, state_dict("sd/"))
     for old, new in zip(before, backbone.get_weights()):

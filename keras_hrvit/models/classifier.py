@@ -6,6 +6,7 @@ import keras
 
 from keras_hrvit.heads.classification import HRNetClassifierHead
 from keras_hrvit.models.backbone import HRViTBackbone
+from keras_hrvit.weights.cache import is_preset_name
 from keras_hrvit.weights.files import load_weights_into
 
 
@@ -30,7 +31,8 @@ def HRViTClassifier(
         include_top: add the HRNetV2 head, dropout and the `classes`-way dense layer. Without it
             the model is the backbone (four feature maps) or, with `pooling`, the pooled head
             features.
-        weights: `None` (random initialization) or the path of a `.weights.h5` or `.keras` file.
+        weights: `None` (random initialization), the path of a `.weights.h5` or `.keras` file,
+            or a preset name whose file is in the preset cache (`keras_hrvit.weights.cache`).
         input_shape: image shape, default `(None, None, 3)` (any size of at least 32).
         classes: number of classes of the top layer.
         classifier_activation: activation of the top layer (`None` for logits).
@@ -79,14 +81,14 @@ def HRViTClassifier(
 
 
 def _check_weights_argument(weights):
-    if weights is None:
+    if weights is None or is_preset_name(weights):
         return
     if not isinstance(weights, (str, os.PathLike)) or not str(weights).endswith(
         (".weights.h5", ".keras")
     ):
         raise ValueError(
-            f"`weights` must be None or the path of a `.weights.h5` or `.keras` file, got "
-            f"{weights!r}."
+            "`weights` must be None, the path of a `.weights.h5` or `.keras` file, or a preset "
+            f"name, got {weights!r}."
         )
 
 

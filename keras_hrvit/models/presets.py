@@ -29,6 +29,15 @@ BACKBONE_PRESETS = {
         "window_sizes": (1, 2, 7, 7),
         "mlp_ratios": (2, 2, 2, 2),
     },
+    # A small model for CPU demos and tests: the shapes dataset trains it from scratch.
+    "hrvit_tiny": {
+        "stem_channels": 16,
+        "channels": (16, 32, 48, 64),
+        "blocks": ((1,), (1, 1), (1, 1, 2), (1, 1, 2), (1, 1, 2, 1), (1, 1, 1, 1)),
+        "head_dim": 8,
+        "window_sizes": (1, 2, 7, 7),
+        "mlp_ratios": (4, 3, 2, 2),
+    },
 }
 
 
@@ -100,6 +109,13 @@ SEGMENTER_PRESETS = {
         "num_classes": 150,
         "drop_path_rate": 0.1,
         "auxiliary_head": True,
+    },
+    "hrvit_tiny_shapes": {
+        "backbone": "hrvit_tiny",
+        "head": "segformer",
+        "head_channels": 64,
+        "num_classes": 5,
+        "drop_path_rate": 0.0,
     },
 }
 

@@ -8,6 +8,7 @@ from keras_hrvit.heads.upernet import FCNHead, UPerNetHead
 from keras_hrvit.layers.common import resize_bilinear
 from keras_hrvit.models.backbone import HRViTBackbone
 from keras_hrvit.models.presets import HEAD_CHANNELS, SEGMENTER_PRESETS, get_preset
+from keras_hrvit.weights.files import load_weights_into
 
 HEADS = ("segformer", "upernet")
 # MMSegmentation weighs the auxiliary FCN head's loss by 0.4.
@@ -116,13 +117,16 @@ class HRViTSegmenter(keras.Model):
         return cls(**config)
 
     @classmethod
-    def from_preset(cls, preset, **overrides):
-        """Builds a preset segmenter, randomly initialized.
+    def from_preset(cls, preset, weights=None, **overrides):
+        """Builds a preset segmenter, randomly initialized unless `weights` is given.
 
         Presets: `hrvit_b{1,2,3}_ade20k` (150 classes), `hrvit_b{1,2,3}_cityscapes` (19 classes),
         with SegFormer heads, and `hrvit_b{1,2}_ade20k_upernet` (UperNet with its auxiliary
         head). `num_classes`, `head`, `head_channels`, `dropout`, `auxiliary_head`,
-        `drop_path_rate` and `input_shape` can be overridden.
+        `drop_path_rate` and `input_shape` can be overridden. `weights`: a `.weights.h5` or
+        `.keras` path, or a preset name whose file is in the preset cache
+        (`keras_hrvit.weights.cache`), e.g.
+        `from_preset("hrvit_b1_ade20k", weights="hrvit_b1_ade20k")`.
         """
         config = get_preset(SEGMENTER_PRESETS, preset, "segmenter")
         config.update(overrides)
@@ -133,4 +137,7 @@ class HRViTSegmenter(keras.Model):
         if isinstance(backbone, str):
             backbone = HRViTBackbone.from_preset(backbone, **backbone_args)
         config.setdefault("name", preset)
-        return cls(backbone, **config)
+        model = cls(backbone, **config)
+        if weights is not None:
+            load_weights_into(model, weights)
+        return model
