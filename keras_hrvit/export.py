@@ -78,7 +78,8 @@ def _export_with_tensorflow(model, path, task, verbose):
             outputs = outputs[0]
         if task == "classification":
             return outputs
-        logits = resize_bilinear(outputs, tf.shape(images)[1:3])
+        shape = tf.shape(images)
+        logits = resize_bilinear(outputs, (shape[1], shape[2]))
         return tf.argmax(logits, axis=-1, output_type=tf.int32)
 
     archive = keras.export.ExportArchive()

@@ -1,0 +1,135 @@
+"""SavedModel export served by bare TensorFlow, and the predict CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+from reference import tiny_backbone
+
+import keras_hrvit
+from keras_hrvit.export import export_saved_model
+from keras_hrvit.predict import IMAGENET_MEAN, IMAGENET_STD, main, read_image
+
+pytest.importorskip("tensorflow")
+
+# Served in a process that imports nothing but TensorFlow: the SavedModel must stand alone.
+SERVE_SCRIPT = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+
+# Exports trace the model and start a TensorFlow subprocess: minutes. `make test-slow`.
+pytestmark = pytest.mark.slow
+paths = json.loads(sys.argv[1])
+image = np.load(paths["image"])
+for name in ("segmenter", "classifier"):
+    # Keep the loaded object alive while serving: its variables die with it.
+    loaded = tf.saved_model.load(paths[name])
+    np.save(paths[name + "_out"], loaded.serve(tf.constant(image[None])).numpy())
+"""
+
+
+def _randomize_batch_norms(model, seed=0):
+    # Fresh BN statistics are (0, 1); random ones make the class maps non-trivial.
+    rng = np.random.default_rng(seed)
+    for layer in model._flatten_layers():
+        if isinstance(layer, keras.layers.BatchNormalization):
+            shape = layer.moving_mean.shape
+            layer.moving_mean.assign(rng.normal(0, 0.1, shape).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, shape).astype("float32"))
+
+
+def _test_image(height=375, width=500):
+    # Gradients and a checkerboard: regions the random network tells apart (noise averages out).
+    y, x = np.mgrid[0:height, 0:width]
+    checker = (x // 60 + y // 60) % 2
+    return np.stack([255 * x / width, 255 * y / height, 255 * checker], -1).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    image = _test_image()
+    segmenter = keras_hrvit.HRViTSegmenter(tiny_backbone(), num_classes=5, head_channels=8)
+    _randomize_batch_norms(segmenter)
+    classifier = keras_hrvit.HRViTClassifier(
+        tiny_backbone(name="tiny_cls"), classes=4, head_channels=(8, 16, 32, 64)
+    )
+    paths = {
+        "image": str(root / "image.npy"),
+        "segmenter": str(root / "segmenter_saved"),
+        "classifier": str(root / "classifier_saved"),
+        "segmenter_out": str(root / "segmenter_out.npy"),
+        "classifier_out": str(root / "classifier_out.npy"),
+        "keras": str(root / "segmenter.keras"),
+    }
+    np.save(paths["image"], image)
+    export_saved_model(segmenter, paths["segmenter"], verbose=False)
+    export_saved_model(classifier, paths["classifier"], verbose=False)
+    segmenter.save(paths["keras"])
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    subprocess.run(
+        [sys.executable, "-c", SERVE_SCRIPT, json.dumps(paths)], check=True, env=env, timeout=600
+    )
+    x = ((image.astype("float32") - IMAGENET_MEAN) / IMAGENET_STD)[None]
+    expected = {
+        "classes": segmenter.predict(x, verbose=0)[0],
+        "probabilities": keras.ops.convert_to_numpy(classifier(x, training=False)),
+    }
+    Image.fromarray(image).save(root / "street.png")
+    return root, paths, image, expected
+
+
+def test_saved_model_serves_class_maps_in_a_bare_tensorflow_process(exported):
+    _, paths, image, expected = exported
+    served = np.load(paths["segmenter_out"])
+    assert served.shape == (1,) + image.shape[:2] and served.dtype == np.int32
+    assert len(np.unique(expected["classes"])) > 1
+    assert np.mean(served[0] == expected["classes"]) >= 0.999
+
+
+def test_saved_model_serves_class_probabilities(exported):
+    _, paths, _, expected = exported
+    served = np.load(paths["classifier_out"])
+    assert served.shape == (1, 4)
+    np.testing.assert_allclose(served.sum(axis=-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(served, expected["probabilities"], atol=1e-4)
+
+
+@pytest.mark.parametrize("model", ["keras", "segmenter"])
+def test_predict_cli_writes_class_map_and_overlay(exported, tmp_path, model):
+    root, paths, image, expected = exported
+    main([paths[model], str(root / "street.png"), "--out", str(tmp_path)])
+    assert sorted(os.listdir(tmp_path)) == ["street_classes.png", "street_overlay.png"]
+    classes = np.asarray(Image.open(tmp_path / "street_classes.png"))
+    assert classes.dtype == np.uint8 and classes.shape == image.shape[:2]
+    assert np.mean(classes == expected["classes"]) >= 0.999
+    overlay = np.asarray(Image.open(tmp_path / "street_overlay.png"))
+    assert overlay.shape == image.shape and not np.array_equal(overlay, image)
+
+
+def test_predict_cli_slide_mode(exported, tmp_path):
+    root, paths, image, _ = exported
+    main([paths["keras"], str(root / "street.png"), "--out", str(tmp_path), "--mode", "slide",
+          "--crop-size", "256", "--stride", "192"])  # fmt: skip
+    classes = np.asarray(Image.open(tmp_path / "street_classes.png"))
+    assert classes.shape == image.shape[:2]
+
+
+def test_corrupt_image_is_a_clear_error_and_leaves_no_output(exported, tmp_path):
+    root, paths, _, _ = exported
+    broken = tmp_path / "broken.png"
+    broken.write_bytes((root / "street.png").read_bytes()[:200])
+    with pytest.raises(ValueError, match="broken.png.*corrupt"):
+        read_image(str(broken))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as info:
+        main([paths["segmenter"], str(broken), str(root / "street.png"), "--out", str(out)])
+    assert info.value.code == 1
+    # The good image is still processed; the broken one leaves nothing behind.
+    assert sorted(os.listdir(out)) == ["street_classes.png", "street_overlay.png"]
