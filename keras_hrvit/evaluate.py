@@ -14,6 +14,7 @@ Example:
 """
 
 import argparse
+import json
 import os
 import sys
 
@@ -41,6 +42,8 @@ def build_parser():
     )
     parser.add_argument("model", help="a .keras file saved by keras_hrvit.train")
     add_dataset_arguments(parser)
+    # None: the value recorded in the run's train_args.json, else the dataset default.
+    parser.set_defaults(image_size=None, data_seed=None)
     parser.add_argument(
         "--num-images", type=int, default=None, help="shapes: validation images (200)"
     )
@@ -76,6 +79,28 @@ def build_parser():
     return parser
 
 
+def _apply_training_settings(args):
+    """Shapes: image size and data seed default to those of the run that saved the model."""
+    explicit = {"image_size": args.image_size, "data_seed": args.data_seed}
+    args.image_size = 128 if args.image_size is None else args.image_size
+    args.data_seed = 0 if args.data_seed is None else args.data_seed
+    folder = os.path.dirname(os.path.abspath(args.model))
+    # The final model sits in the run directory, checkpoints one level below it.
+    for candidate in (folder, os.path.dirname(folder)):
+        path = os.path.join(candidate, "train_args.json")
+        if os.path.isfile(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    settings = json.load(f)
+            except (OSError, ValueError):
+                return
+            if settings.get("dataset") == args.dataset:
+                for name, value in explicit.items():
+                    if value is None and isinstance(settings.get(name), int):
+                        setattr(args, name, settings[name])
+            return
+
+
 def main(argv=None):
     """Evaluates and prints the mIoU; returns 0. `argv` defaults to `sys.argv[1:]`.
 
@@ -87,6 +112,7 @@ def main(argv=None):
     """
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    _apply_training_settings(args)
     _check_dataset_arguments(args, parser)
     if not os.path.isfile(args.model):
         parser.error(f"model file {args.model} not found.")

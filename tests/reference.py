@@ -43,3 +43,42 @@ def tiny_backbone(**overrides):
     config.update(overrides)
     config.setdefault("name", "tiny")
     return keras_hrvit.HRViTBackbone(**config)
+
+
+# Four modules are the fewest that open all four branches; one transformer block per module keeps
+# the training graphs small (tracing and compiling the train step dominate training tests).
+MICRO_CONFIG = {
+    "stem_channels": 8,
+    "channels": (16, 16, 32, 32),
+    "blocks": ((1,), (0, 1), (0, 0, 1), (0, 0, 0, 1)),
+    "head_dim": 8,
+    "window_sizes": (1, 2, 7, 7),
+    "mlp_ratios": (2, 2, 2, 2),
+}
+
+
+def micro_backbone(**overrides):
+    """The smallest backbone with every kind of layer, for training tests."""
+    import keras_hrvit
+
+    config = {**MICRO_CONFIG, **overrides}
+    config.setdefault("name", "micro")
+    return keras_hrvit.HRViTBackbone(**config)
+
+
+def fast_compile_kwargs():
+    """`model.compile` arguments under which a few training steps cost least on this backend.
+
+    TensorFlow spends a minute or more tracing HRViT's train step into a graph, so a few steps
+    run eagerly; JAX's eager mode compiles every primitive on its own, so JAX stays jitted.
+    """
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        return {"run_eagerly": True, "jit_compile": False}
+    return {"jit_compile": "auto"}
+
+
+def fast_compile_flags():
+    """`fast_compile_kwargs` as training CLI flags."""
+    return ["--run-eagerly"] if fast_compile_kwargs().get("run_eagerly") else []

@@ -17,14 +17,15 @@ from keras_hrvit.predict import IMAGENET_MEAN, IMAGENET_STD, main, read_image
 
 pytest.importorskip("tensorflow")
 
+# Exports trace the model and start a TensorFlow subprocess: minutes. `make test-slow`.
+pytestmark = pytest.mark.slow
+
 # Served in a process that imports nothing but TensorFlow: the SavedModel must stand alone.
 SERVE_SCRIPT = """
 import json, sys
 import numpy as np
 import tensorflow as tf
 
-# Exports trace the model and start a TensorFlow subprocess: minutes. `make test-slow`.
-pytestmark = pytest.mark.slow
 paths = json.loads(sys.argv[1])
 image = np.load(paths["image"])
 for name in ("segmenter", "classifier"):

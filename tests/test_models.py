@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-from reference import tiny_backbone
+from reference import fast_compile_kwargs, micro_backbone, tiny_backbone
 
 import keras_hrvit
 
@@ -76,7 +76,7 @@ def test_variant_functions_build_the_preset_classifier():
 def test_fit_decreases_the_loss_in_train_mode():
     keras.utils.set_random_seed(1)
     model = keras_hrvit.HRViTClassifier(
-        tiny_backbone(drop_path_rate=0.2),
+        micro_backbone(drop_path_rate=0.2),
         classes=3,
         head_channels=(4, 4, 4, 4),
         classifier_activation=None,
@@ -87,8 +87,7 @@ def test_fit_decreases_the_loss_in_train_mode():
     model.compile(
         keras.optimizers.Adam(3e-3),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        # XLA compilation of the training graph costs far more than these few steps.
-        jit_compile=False,
+        **fast_compile_kwargs(),
     )
     bn = model.get_layer("stem").bn1
     history = model.fit(images, labels, batch_size=4, epochs=8, verbose=0, shuffle=False)
@@ -138,7 +137,7 @@ def test_weights_of_another_variant_are_a_clear_error(tmp_path):
         keras_hrvit.HRViTClassifier(
             tiny_backbone(), classes=10, head_channels=(4, 4, 4, 4), weights=path
         )
-    with pytest.raises(ValueError, match=r"must be None or the path of a `\.weights\.h5`"):
+    with pytest.raises(ValueError, match=r"must be None, the path of a `\.weights\.h5`.*hrvit_b1"):
         keras_hrvit.HRViTB1(weights="imagenet")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         keras_hrvit.HRViTClassifier(tiny_backbone(), weights=str(tmp_path / "no.weights.h5"))

@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-from reference import tiny_backbone
+from reference import micro_backbone, tiny_backbone
 
 import keras_hrvit
 
@@ -17,7 +17,7 @@ def _losses(remat=False, policy="float32"):
     keras.mixed_precision.set_dtype_policy(policy)
     try:
         model = keras_hrvit.HRViTClassifier(
-            tiny_backbone(remat=remat),
+            micro_backbone(remat=remat),
             classes=3,
             head_channels=(4, 4, 4, 4),
             classifier_activation=None,

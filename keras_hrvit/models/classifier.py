@@ -6,7 +6,7 @@ import keras
 
 from keras_hrvit.heads.classification import HRNetClassifierHead
 from keras_hrvit.models.backbone import HRViTBackbone
-from keras_hrvit.weights.cache import is_preset_name
+from keras_hrvit.weights.cache import is_preset_name, preset_names
 from keras_hrvit.weights.files import load_weights_into
 
 
@@ -88,7 +88,7 @@ def _check_weights_argument(weights):
     ):
         raise ValueError(
             "`weights` must be None, the path of a `.weights.h5` or `.keras` file, or a preset "
-            f"name, got {weights!r}."
+            f"name ({', '.join(preset_names())}); got {weights!r}."
         )
 
 

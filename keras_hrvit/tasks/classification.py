@@ -170,6 +170,8 @@ def train_classifier(
     mixed_precision=None,
     callbacks=None,
     tensorboard=True,
+    jit_compile="auto",
+    run_eagerly=False,
     verbose="auto",
 ):
     """Trains a logits classifier with the paper's ImageNet recipe and returns the `History`.
@@ -204,6 +206,7 @@ def train_classifier(
             been built under that policy (`keras.config.set_dtype_policy`).
         callbacks: extra callbacks, run after the standard ones.
         tensorboard: also write TensorBoard logs under `output_dir/logs`.
+        jit_compile, run_eagerly: passed to `model.compile`.
         verbose: `model.fit` verbosity.
 
     Example:
@@ -297,6 +300,8 @@ def train_classifier(
             keras.metrics.CategoricalAccuracy(name="top1_accuracy"),
             keras.metrics.TopKCategoricalAccuracy(5, name="top5_accuracy"),
         ],
+        jit_compile=jit_compile,
+        run_eagerly=run_eagerly,
     )
     monitor = "val_top1_accuracy" if val_ds is not None else "loss"
     all_callbacks = standard_callbacks(
@@ -312,6 +317,8 @@ def train_classifier(
         steps_per_epoch=steps_per_epoch,
         callbacks=all_callbacks,
         verbose=verbose,
+        # The pipelines shuffle; Keras cannot shuffle a tf.data.Dataset and would warn.
+        shuffle=False,
     )
 
 
@@ -501,6 +508,17 @@ def add_parser(subparsers):
         default=True,
         help="TensorBoard logs in OUTPUT_DIR/logs",
     )
+    parser.add_argument(
+        "--jit-compile",
+        choices=("auto", "true", "false"),
+        default="auto",
+        help="XLA compilation of the train step",
+    )
+    parser.add_argument(
+        "--run-eagerly",
+        action="store_true",
+        help="no graph tracing or compilation (starts at once; slower steps)",
+    )
     parser.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2))
     parser.set_defaults(run=run_train_command, command_parser=parser)
     return parser
@@ -678,6 +696,8 @@ def run(args):
             global_clipnorm=args.clipnorm or None,
             mixed_precision=args.mixed_precision,
             tensorboard=args.tensorboard,
+            jit_compile={"auto": "auto", "true": True, "false": False}[args.jit_compile],
+            run_eagerly=args.run_eagerly,
             verbose=args.verbose,
         )
     finally:

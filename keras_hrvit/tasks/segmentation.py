@@ -294,6 +294,7 @@ def train_segmenter(
     ignore_label=IGNORE_LABEL,
     validation_steps=None,
     jit_compile="auto",
+    run_eagerly=False,
     tensorboard=True,
     callbacks=None,
     verbose="auto",
@@ -331,6 +332,8 @@ def train_segmenter(
         ignore_label: mask value that counts nowhere.
         validation_steps: validation batches per epoch; None for all of `val_ds`.
         jit_compile: `model.compile`'s `jit_compile` ("auto", True or False).
+        run_eagerly: `model.compile`'s `run_eagerly`: no graph tracing (TensorFlow spends a
+            minute or more tracing HRViT's train step; eager steps are slower but start at once).
         tensorboard: whether to write TensorBoard logs.
         callbacks: extra Keras callbacks, run after the standard ones.
         verbose: `fit` verbosity.
@@ -404,6 +407,7 @@ def train_segmenter(
             loss_weights=[1.0, AUXILIARY_LOSS_WEIGHT],
             metrics=[[metric], []],
             jit_compile=jit_compile,
+            run_eagerly=run_eagerly,
         )
 
         def both_heads(images, masks):
@@ -412,7 +416,13 @@ def train_segmenter(
         train_ds = train_ds.map(both_heads)
         val_ds = None if val_ds is None else val_ds.map(both_heads)
     else:
-        model.compile(optimizer=optimizer, loss=loss, metrics=[metric], jit_compile=jit_compile)
+        model.compile(
+            optimizer=optimizer,
+            loss=loss,
+            metrics=[metric],
+            jit_compile=jit_compile,
+            run_eagerly=run_eagerly,
+        )
     # Build the optimizer now: under TensorFlow, slots created inside the first traced step
     # make tf.function trace the whole train step a second time.
     optimizer.build(model.trainable_variables)
@@ -433,6 +443,8 @@ def train_segmenter(
         steps_per_epoch=int(steps_per_epoch),
         callbacks=run_callbacks,
         verbose=verbose,
+        # The pipelines shuffle; Keras cannot shuffle a tf.data.Dataset and would warn.
+        shuffle=False,
     )
 
 
@@ -715,6 +727,11 @@ def register_train_command(subparsers):
         default="auto",
         help="XLA compilation of the train step",
     )
+    opt.add_argument(
+        "--run-eagerly",
+        action="store_true",
+        help="no graph tracing or compilation (starts at once; slower steps)",
+    )
     run = parser.add_argument_group("run")
     run.add_argument("--output-dir", required=True, help="run directory")
     run.add_argument("--seed", type=int, default=0, help="seed of weights and augmentation")
@@ -905,6 +922,7 @@ def run_train_command(args, parser):
         clipnorm=args.clipnorm,
         validation_steps=args.val_steps,
         jit_compile=_jit_flag(args.jit_compile),
+        run_eagerly=args.run_eagerly,
         tensorboard=args.tensorboard,
         verbose=args.verbose,
     )
