@@ -27,15 +27,13 @@ from keras_hrvit.data import (
     segmentation_eval_pipeline,
     segmentation_train_pipeline,
 )
-from keras_hrvit.losses import SegmentationCrossEntropy
-from keras_hrvit.metrics import SegmentationMeanIoU
 from keras_hrvit.tasks.classification import (
     build_backbone,
     build_classifier,
     train_classifier,
     transfer_backbone_weights,
 )
-from keras_hrvit.training import WarmupPolyDecay, build_adamw
+from keras_hrvit.tasks.segmentation import train_segmenter
 
 # Full run / --quick run.
 SETTINGS = {
@@ -105,27 +103,19 @@ def fine_tune(classifier, settings, output_dir, seed):
         load_shapes("validation", num_images=max(16, settings["seg_images"] // 4), image_size=size),
         batch_size=16,
     )
-    steps = int(train.cardinality()) * settings["seg_epochs"]
-    # The paper's fine-tuning recipe: AdamW, poly decay with warm-up, 10x on the new head.
-    optimizer = build_adamw(
+    # The paper's fine-tuning recipe: AdamW, poly decay after a warm-up, 10x on the new head.
+    history = train_segmenter(
         segmenter,
-        WarmupPolyDecay(1e-3, total_steps=steps, warmup_steps=min(20, steps // 4)),
-        weight_decay=0.01,
-        lr_multipliers={"decode_head": 10.0},
-    )
-    segmenter.compile(
-        optimizer=optimizer,
-        loss=SegmentationCrossEntropy(),
-        metrics=[SegmentationMeanIoU(len(SHAPES_CLASSES), name="mean_iou")],
-    )
-    segmenter.fit(
         train,
-        validation_data=val,
+        val,
+        output_dir=os.path.join(output_dir, "segmentation"),
         epochs=settings["seg_epochs"],
-        callbacks=[keras.callbacks.CSVLogger(os.path.join(output_dir, "segmentation.csv"))],
+        learning_rate=1e-3,
+        warmup_steps=20,
+        tensorboard=False,
         verbose=2,
     )
-    return segmenter.evaluate(val, return_dict=True, verbose=0)["mean_iou"]
+    return history.history["val_mean_iou"][-1]
 
 
 def main(argv=None):
