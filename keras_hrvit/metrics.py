@@ -77,7 +77,23 @@ class SegmentationMeanIoU(keras.metrics.MeanIoU):
                 )
             scores = resize_logits(ops.cast(y_pred, "float32"), ops.shape(y_true)[1:3])
             y_pred = ops.argmax(scores, axis=-1)
-        return super().update_state(y_true, y_pred, sample_weight=sample_weight)
+        if sample_weight is not None:
+            return super().update_state(y_true, y_pred, sample_weight=sample_weight)
+        # Keras's confusion matrix scatters pixel by pixel, about 1.7 s for 16 64x64 masks on
+        # the torch backend; a one-hot product counts the same pairs with one matmul.
+        k = self.num_classes
+        y_true = ops.reshape(ops.cast(y_true, "int32"), (-1,))
+        y_pred = ops.reshape(ops.cast(y_pred, "int32"), (-1,))
+        valid = ops.logical_and(y_true >= 0, y_true < k)
+        if self.ignore_class is not None:
+            valid = ops.logical_and(valid, y_true != self.ignore_class)
+        # Out-of-range ids would make one_hot fail on torch: route them to 0 with weight 0.
+        weight = ops.cast(valid, "float32")[:, None]
+        true_hot = ops.one_hot(ops.where(valid, y_true, 0), k, dtype="float32") * weight
+        pred_hot = ops.one_hot(ops.clip(y_pred, 0, k - 1), k, dtype="float32")
+        # float32 sums are exact up to 2**24 pixels per cell and batch; round before casting.
+        counts = ops.round(ops.matmul(ops.transpose(true_hot), pred_hot))
+        return self.total_cm.assign(self.total_cm + ops.cast(counts, self.total_cm.dtype))
 
     def get_config(self):
         return {
