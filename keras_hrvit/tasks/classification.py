@@ -29,6 +29,7 @@ import numpy as np
 from keras_hrvit.models.backbone import HRViTBackbone
 from keras_hrvit.models.classifier import HRViTClassifier
 from keras_hrvit.models.presets import BACKBONE_PRESETS
+from keras_hrvit.tasks.cli import add_compile_arguments, compile_kwargs
 from keras_hrvit.training import WarmupCosineDecay, build_adamw, standard_callbacks
 
 MIXED_PRECISION_POLICIES = ("mixed_float16", "mixed_bfloat16")
@@ -508,17 +509,7 @@ def add_parser(subparsers):
         default=True,
         help="TensorBoard logs in OUTPUT_DIR/logs",
     )
-    parser.add_argument(
-        "--jit-compile",
-        choices=("auto", "true", "false"),
-        default="auto",
-        help="XLA compilation of the train step",
-    )
-    parser.add_argument(
-        "--run-eagerly",
-        action="store_true",
-        help="no graph tracing or compilation (starts at once; slower steps)",
-    )
+    add_compile_arguments(parser)
     parser.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2))
     parser.set_defaults(run=run_train_command, command_parser=parser)
     return parser
@@ -696,8 +687,7 @@ def run(args):
             global_clipnorm=args.clipnorm or None,
             mixed_precision=args.mixed_precision,
             tensorboard=args.tensorboard,
-            jit_compile={"auto": "auto", "true": True, "false": False}[args.jit_compile],
-            run_eagerly=args.run_eagerly,
+            **compile_kwargs(args),
             verbose=args.verbose,
         )
     finally:

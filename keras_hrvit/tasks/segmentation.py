@@ -47,6 +47,7 @@ from keras_hrvit.metrics import ConfusionMatrix, SegmentationMeanIoU
 from keras_hrvit.models.backbone import HRViTBackbone
 from keras_hrvit.models.presets import BACKBONE_PRESETS, SEGMENTER_PRESETS
 from keras_hrvit.models.segmenter import AUXILIARY_LOSS_WEIGHT, HEADS, HRViTSegmenter
+from keras_hrvit.tasks.cli import add_compile_arguments, compile_kwargs
 from keras_hrvit.training import WarmupPolyDecay, build_adamw, standard_callbacks
 from keras_hrvit.training.callbacks import _atomic_write, _write_json
 from keras_hrvit.visualize import save_segmentation_panel
@@ -721,17 +722,7 @@ def register_train_command(subparsers):
     opt.add_argument("--head-lr-mult", type=float, default=10.0, help="head lr multiplier")
     opt.add_argument("--warmup-steps", type=int, default=1500, help="linear warm-up steps")
     opt.add_argument("--clipnorm", type=float, default=None, help="gradient norm clipping")
-    opt.add_argument(
-        "--jit-compile",
-        choices=("auto", "true", "false"),
-        default="auto",
-        help="XLA compilation of the train step",
-    )
-    opt.add_argument(
-        "--run-eagerly",
-        action="store_true",
-        help="no graph tracing or compilation (starts at once; slower steps)",
-    )
+    add_compile_arguments(opt)
     run = parser.add_argument_group("run")
     run.add_argument("--output-dir", required=True, help="run directory")
     run.add_argument("--seed", type=int, default=0, help="seed of weights and augmentation")
@@ -797,10 +788,6 @@ def _validate_train_arguments(args, parser):
         parser.error("--auxiliary-head needs --head upernet.")
     if args.seed < 0:
         parser.error(f"--seed must be >= 0; got {args.seed}.")
-
-
-def _jit_flag(value):
-    return {"auto": "auto", "true": True, "false": False}[value]
 
 
 def _print_summary(output_dir, key):
@@ -921,8 +908,7 @@ def run_train_command(args, parser):
         warmup_steps=args.warmup_steps,
         clipnorm=args.clipnorm,
         validation_steps=args.val_steps,
-        jit_compile=_jit_flag(args.jit_compile),
-        run_eagerly=args.run_eagerly,
+        **compile_kwargs(args),
         tensorboard=args.tensorboard,
         verbose=args.verbose,
     )
