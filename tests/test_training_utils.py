@@ -180,6 +180,35 @@ def test_multiplier_scales_first_adam_step_and_decay():
         np.testing.assert_allclose(np.abs(after[path] - before[path]), expected, rtol=1e-3)
 
 
+@pytest.mark.backend
+def test_param_group_adamw_matches_pytorch_adamw_over_steps():
+    """Five steps against PyTorch's AdamW formula, per group (lr x mult, decay or none)."""
+    model = _mlp()
+    variables = model.trainable_variables
+    lr, wd, b1, b2, eps = 1e-2, 0.1, 0.9, 0.999, 1e-8
+    opt = build_adamw(model, lr, weight_decay=wd, lr_multipliers={"head": 10.0})
+    rng = np.random.default_rng(3)
+    weights = {v.path: keras.ops.convert_to_numpy(v).astype("float64") for v in variables}
+    m = {p: np.zeros_like(w) for p, w in weights.items()}
+    v2 = {p: np.zeros_like(w) for p, w in weights.items()}
+    exempt = {v.path for v in decay_exempt_variables(model)}
+    for step in range(1, 6):
+        grads = {v.path: rng.normal(size=v.shape).astype("float32") for v in variables}
+        opt.apply([keras.ops.convert_to_tensor(grads[v.path]) for v in variables], variables)
+        for path, w in weights.items():
+            step_lr = lr * (10.0 if path.startswith("head") else 1.0)
+            if path not in exempt:
+                w *= 1 - step_lr * wd
+            m[path] = b1 * m[path] + (1 - b1) * grads[path]
+            v2[path] = b2 * v2[path] + (1 - b2) * grads[path] ** 2
+            m_hat, v_hat = m[path] / (1 - b1**step), v2[path] / (1 - b2**step)
+            w -= step_lr * m_hat / (np.sqrt(v_hat) + eps)
+    for v in variables:
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(v), weights[v.path], rtol=1e-5, atol=2e-5, err_msg=v.path
+        )
+
+
 def test_param_group_adamw_config_round_trip():
     opt = ParamGroupAdamW(
         learning_rate=WarmupPolyDecay(1e-3, 100, 10),

@@ -183,6 +183,22 @@ class ParamGroupAdamW(keras.optimizers.AdamW):
             self.assign_sub(variable, ops.multiply(variable, decay))
         super().update_step(gradient, variable, lr)
 
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        # Keras's torch AdamW fuses its update with `torch._foreach_*` calls, but a subclass
+        # falls back to the per-variable `update_step` (about ten small kernels per variable,
+        # ~30% of a small model's train step on CPU). Fuse per group of equal settings instead.
+        if keras.backend.backend() != "torch" or self.amsgrad:
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        from keras_hrvit.training._torch_adamw import grouped_adamw_update
+
+        groups = {}
+        for grad, variable in zip(grads, trainable_variables):
+            index = self._get_variable_index(variable)
+            key = (self._lr_mult_table[index], self._decay_table[index])
+            groups.setdefault(key, []).append((grad, variable, index))
+        for (multiplier, decay), members in groups.items():
+            grouped_adamw_update(self, members, learning_rate, multiplier, decay)
+
     def get_config(self):
         config = super().get_config()
         config["lr_multipliers"] = dict(self._lr_multiplier_items)
