@@ -4,6 +4,9 @@ The original code uses PyTorch defaults (epsilon 1e-5, momentum 0.1); Keras defa
 (epsilon 1e-3), so every norm in the package is made here.
 """
 
+import contextlib
+import contextvars
+
 import keras
 from keras import ops
 
@@ -11,9 +14,42 @@ NORM_EPSILON = 1e-5
 # PyTorch's momentum 0.1 updates the running statistics as Keras's momentum 0.9 does.
 BN_MOMENTUM = 0.9
 
+_SYNCHRONIZED_BATCH_NORM = contextvars.ContextVar("synchronized_batch_norm", default=False)
+
+
+@contextlib.contextmanager
+def synchronized_batch_norm(enabled=True):
+    """Builds the BatchNormalization layers of HRViT layers created inside with cross-replica
+    statistics (`keras.layers.BatchNormalization(synchronized=True)`) on TensorFlow.
+
+    Under a `tf.distribute` strategy, plain BatchNormalization normalizes each replica's share of
+    the batch with that share's statistics; synchronized layers all-reduce them, so a step on N
+    replicas computes what a step on one device with the whole batch does. Only TensorFlow needs
+    (and Keras only accepts) the flag: under `keras.distribution` on JAX the statistics are taken
+    over the global batch already, so elsewhere the scope changes nothing.
+
+    The flag is not part of any HRViT layer's config: a model saved after data-parallel training
+    loads anywhere with plain BatchNormalization (the weights are the same). Build or load the
+    model inside the scope to get synchronized layers. `keras_hrvit.distribution.
+    distribution_scope("data_parallel")` enters this scope for you.
+
+    Example:
+    >>> with synchronized_batch_norm():
+    ...     stem = ConvStem(64)
+    >>> stem.bn1.synchronized  # on TensorFlow
+    True
+    """
+    token = _SYNCHRONIZED_BATCH_NORM.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _SYNCHRONIZED_BATCH_NORM.reset(token)
+
 
 def batch_norm(name=None, zero_init=False, dtype=None):
     kwargs = {"gamma_initializer": "zeros", "beta_initializer": "zeros"} if zero_init else {}
+    if _SYNCHRONIZED_BATCH_NORM.get() and keras.backend.backend() == "tensorflow":
+        kwargs["synchronized"] = True
     return keras.layers.BatchNormalization(
         epsilon=NORM_EPSILON, momentum=BN_MOMENTUM, name=name, dtype=dtype, **kwargs
     )

@@ -26,10 +26,21 @@ import shutil
 import keras
 import numpy as np
 
+from keras_hrvit.distribution import (
+    check_gradient_clipping,
+    distribution_scope,
+    shardable_batches,
+    training_scope,
+)
 from keras_hrvit.models.backbone import HRViTBackbone
 from keras_hrvit.models.classifier import HRViTClassifier
 from keras_hrvit.models.presets import BACKBONE_PRESETS
-from keras_hrvit.tasks.cli import add_compile_arguments, compile_kwargs
+from keras_hrvit.tasks.cli import (
+    add_compile_arguments,
+    add_distribution_argument,
+    check_distribution_argument,
+    compile_kwargs,
+)
 from keras_hrvit.training import WarmupCosineDecay, build_adamw, standard_callbacks
 
 MIXED_PRECISION_POLICIES = ("mixed_float16", "mixed_bfloat16")
@@ -174,6 +185,7 @@ def train_classifier(
     jit_compile="auto",
     run_eagerly=False,
     verbose="auto",
+    distribution=None,
 ):
     """Trains a logits classifier with the paper's ImageNet recipe and returns the `History`.
 
@@ -209,12 +221,24 @@ def train_classifier(
         tensorboard: also write TensorBoard logs under `output_dir/logs`.
         jit_compile, run_eagerly: passed to `model.compile`.
         verbose: `model.fit` verbosity.
+        distribution: `None` / `"none"` for one device, or `"data_parallel"` to split each
+            batch of `train_ds` (`batch_size` is then the global batch) across the devices; the
+            model must have been built inside
+            `keras_hrvit.distribution.distribution_scope("data_parallel")`. JAX and TensorFlow
+            only (see `keras_hrvit.distribution`).
 
     Example:
     >>> model = build_classifier("hrvit_tiny", len(class_names))
     >>> history = train_classifier(model, train, val, output_dir="runs/toy", epochs=5,
     ...                            batch_size=32, base_lr=0.064, warmup_epochs=1)
     >>> history.history["val_top1_accuracy"][-1]
+
+    On several devices:
+
+    >>> with distribution_scope("data_parallel"):
+    ...     model = build_classifier("hrvit_tiny", len(class_names))
+    ...     train_classifier(model, train, val, output_dir="runs/dp", epochs=5, batch_size=64,
+    ...                      distribution="data_parallel")
     """
     if not isinstance(model, keras.Model):
         raise ValueError(f"`model` must be a keras.Model; received {type(model).__name__}.")
@@ -276,51 +300,56 @@ def train_classifier(
         # the schedule from the epochs.
         train_ds = train_ds.repeat()
 
-    lr = scaled_learning_rate(base_lr, batch_size)
-    print(
-        f"Learning rate: base_lr {base_lr:g} x batch_size {batch_size} / "
-        f"{LR_REFERENCE_BATCH} = {lr:.4g}"
-    )
-    total_steps = int(epochs * steps_per_epoch)
-    warmup_steps = min(total_steps, int(round(warmup_epochs * steps_per_epoch)))
-    schedule = WarmupCosineDecay(
-        lr,
-        total_steps=total_steps,
-        warmup_steps=warmup_steps,
-        # A small batch can scale the peak below DeiT's absolute floors.
-        warmup_start_lr=min(warmup_start_lr, lr),
-        min_lr=min(min_lr, lr),
-    )
-    optimizer = build_adamw(
-        model, schedule, weight_decay=weight_decay, global_clipnorm=global_clipnorm
-    )
-    model.compile(
-        optimizer=optimizer,
-        loss=keras.losses.CategoricalCrossentropy(from_logits=True),
-        metrics=[
-            keras.metrics.CategoricalAccuracy(name="top1_accuracy"),
-            keras.metrics.TopKCategoricalAccuracy(5, name="top5_accuracy"),
-        ],
-        jit_compile=jit_compile,
-        run_eagerly=run_eagerly,
-    )
-    monitor = "val_top1_accuracy" if val_ds is not None else "loss"
-    all_callbacks = standard_callbacks(
-        output_dir,
-        monitor=monitor,
-        mode="max" if val_ds is not None else "min",
-        tensorboard=tensorboard,
-    ) + list(callbacks or [])
-    return model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
-        callbacks=all_callbacks,
-        verbose=verbose,
-        # The pipelines shuffle; Keras cannot shuffle a tf.data.Dataset and would warn.
-        shuffle=False,
-    )
+    with training_scope(model, distribution) as replicas:
+        train_ds = shardable_batches(train_ds, replicas, "train_ds")
+        if val_ds is not None:
+            val_ds = shardable_batches(val_ds, replicas, "val_ds")
+        lr = scaled_learning_rate(base_lr, batch_size)
+        print(
+            f"Learning rate: base_lr {base_lr:g} x batch_size {batch_size} / "
+            f"{LR_REFERENCE_BATCH} = {lr:.4g}"
+        )
+        total_steps = int(epochs * steps_per_epoch)
+        warmup_steps = min(total_steps, int(round(warmup_epochs * steps_per_epoch)))
+        schedule = WarmupCosineDecay(
+            lr,
+            total_steps=total_steps,
+            warmup_steps=warmup_steps,
+            # A small batch can scale the peak below DeiT's absolute floors.
+            warmup_start_lr=min(warmup_start_lr, lr),
+            min_lr=min(min_lr, lr),
+        )
+        optimizer = build_adamw(
+            model, schedule, weight_decay=weight_decay, global_clipnorm=global_clipnorm
+        )
+        check_gradient_clipping(optimizer, replicas)
+        model.compile(
+            optimizer=optimizer,
+            loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+            metrics=[
+                keras.metrics.CategoricalAccuracy(name="top1_accuracy"),
+                keras.metrics.TopKCategoricalAccuracy(5, name="top5_accuracy"),
+            ],
+            jit_compile=jit_compile,
+            run_eagerly=run_eagerly,
+        )
+        monitor = "val_top1_accuracy" if val_ds is not None else "loss"
+        all_callbacks = standard_callbacks(
+            output_dir,
+            monitor=monitor,
+            mode="max" if val_ds is not None else "min",
+            tensorboard=tensorboard,
+        ) + list(callbacks or [])
+        return model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=all_callbacks,
+            verbose=verbose,
+            # The pipelines shuffle; Keras cannot shuffle a tf.data.Dataset and would warn.
+            shuffle=False,
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -510,6 +539,7 @@ def add_parser(subparsers):
         help="TensorBoard logs in OUTPUT_DIR/logs",
     )
     add_compile_arguments(parser)
+    add_distribution_argument(parser)
     parser.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2))
     parser.set_defaults(run=run_train_command, command_parser=parser)
     return parser
@@ -551,6 +581,7 @@ def run_train_command(args, parser):
         _check_args(args)
     except ValueError as error:
         parser.error(str(error))
+    check_distribution_argument(args, parser)
     run(args)
     return 0
 
@@ -651,12 +682,15 @@ def run(args):
             )
         if args.seed is not None:
             keras.utils.set_random_seed(args.seed)
-        model = build_classifier(
-            args.model,
-            len(class_names),
-            drop_path_rate=args.drop_path,
-            dropout=args.dropout,
-        )
+        # With --distribution data_parallel the variables are created replicated on every
+        # device (see keras_hrvit.distribution); train_classifier then trains the model there.
+        with distribution_scope(args.distribution):
+            model = build_classifier(
+                args.model,
+                len(class_names),
+                drop_path_rate=args.drop_path,
+                dropout=args.dropout,
+            )
         os.makedirs(args.output_dir, exist_ok=True)
         backup = os.path.join(args.output_dir, "backup")
         if os.path.exists(backup):
@@ -689,6 +723,7 @@ def run(args):
             tensorboard=args.tensorboard,
             **compile_kwargs(args),
             verbose=args.verbose,
+            distribution=args.distribution,
         )
     finally:
         keras.config.set_dtype_policy(previous_policy)

@@ -41,13 +41,24 @@ from keras_hrvit.data import (
     segmentation_eval_pipeline,
     segmentation_train_pipeline,
 )
+from keras_hrvit.distribution import (
+    check_gradient_clipping,
+    distribution_scope,
+    shardable_batches,
+    training_scope,
+)
 from keras_hrvit.inference import predict_logits, resize_logits
 from keras_hrvit.losses import SegmentationCrossEntropy
 from keras_hrvit.metrics import ConfusionMatrix, SegmentationMeanIoU
 from keras_hrvit.models.backbone import HRViTBackbone
 from keras_hrvit.models.presets import BACKBONE_PRESETS, SEGMENTER_PRESETS
 from keras_hrvit.models.segmenter import AUXILIARY_LOSS_WEIGHT, HEADS, HRViTSegmenter
-from keras_hrvit.tasks.cli import add_compile_arguments, compile_kwargs
+from keras_hrvit.tasks.cli import (
+    add_compile_arguments,
+    add_distribution_argument,
+    check_distribution_argument,
+    compile_kwargs,
+)
 from keras_hrvit.training import WarmupPolyDecay, build_adamw, standard_callbacks
 from keras_hrvit.training.callbacks import _atomic_write, _write_json
 from keras_hrvit.visualize import save_segmentation_panel
@@ -299,6 +310,7 @@ def train_segmenter(
     tensorboard=True,
     callbacks=None,
     verbose="auto",
+    distribution=None,
 ):
     """Trains an `HRViTSegmenter` with the HRViT (MMSegmentation) recipe; resumable.
 
@@ -338,6 +350,10 @@ def train_segmenter(
         tensorboard: whether to write TensorBoard logs.
         callbacks: extra Keras callbacks, run after the standard ones.
         verbose: `fit` verbosity.
+        distribution: `None` / `"none"` for one device, or `"data_parallel"` to split each
+            batch of `train_ds` (the global batch) across the devices; the model must have been
+            built inside `keras_hrvit.distribution.distribution_scope("data_parallel")`. JAX and
+            TensorFlow only (see `keras_hrvit.distribution`).
 
     Returns:
         The `keras.callbacks.History` of this call (on a resumed run, the remaining epochs;
@@ -347,6 +363,13 @@ def train_segmenter(
 
     >>> history = train_segmenter(model, train, val, output_dir="runs/a", epochs=20,
     ...                           steps_per_epoch=100, learning_rate=2e-3, warmup_steps=200)
+
+    On several devices:
+
+    >>> with distribution_scope("data_parallel"):
+    ...     model = build_segmenter("hrvit_tiny_shapes")
+    ...     train_segmenter(model, train, val, output_dir="runs/dp", epochs=20,
+    ...                     steps_per_epoch=100, distribution="data_parallel")
     """
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a Keras model; got {type(model).__name__}.")
@@ -376,77 +399,82 @@ def train_segmenter(
     if head_lr_mult <= 0:
         raise ValueError(f"`head_lr_mult` must be > 0; got {head_lr_mult!r}.")
 
-    total_steps = int(epochs) * int(steps_per_epoch)
-    schedule = WarmupPolyDecay(
-        float(learning_rate),
-        total_steps,
-        warmup_steps=min(warmup_steps, total_steps),
-        warmup_ratio=warmup_ratio,
-        power=power,
-    )
-    top_level = {v.path.split("/")[0] for v in model.trainable_variables}
-    multipliers = {p: float(head_lr_mult) for p in HEAD_PREFIXES if p in top_level}
-    optimizer = build_adamw(
-        model,
-        schedule,
-        weight_decay=float(weight_decay),
-        beta_1=beta_1,
-        beta_2=beta_2,
-        clipnorm=clipnorm,
-        lr_multipliers=multipliers if head_lr_mult != 1.0 and multipliers else None,
-    )
-    num_classes = int(model.outputs[0].shape[-1])
-    loss = SegmentationCrossEntropy(ignore_label=ignore_label)
-    metric = SegmentationMeanIoU(num_classes, ignore_label=ignore_label, name="mean_iou")
-    auxiliary = len(model.outputs) > 1
-    if auxiliary:
-        if len(model.outputs) != 2:
-            raise ValueError(f"Expected 1 or 2 model outputs; got {len(model.outputs)}.")
-        model.compile(
-            optimizer=optimizer,
-            loss=[loss, SegmentationCrossEntropy(ignore_label=ignore_label)],
-            loss_weights=[1.0, AUXILIARY_LOSS_WEIGHT],
-            metrics=[[metric], []],
-            jit_compile=jit_compile,
-            run_eagerly=run_eagerly,
+    with training_scope(model, distribution) as replicas:
+        train_ds = shardable_batches(train_ds, replicas, "train_ds")
+        if val_ds is not None:
+            val_ds = shardable_batches(val_ds, replicas, "val_ds")
+        total_steps = int(epochs) * int(steps_per_epoch)
+        schedule = WarmupPolyDecay(
+            float(learning_rate),
+            total_steps,
+            warmup_steps=min(warmup_steps, total_steps),
+            warmup_ratio=warmup_ratio,
+            power=power,
         )
-
-        def both_heads(images, masks):
-            return images, (masks, masks)
-
-        train_ds = train_ds.map(both_heads)
-        val_ds = None if val_ds is None else val_ds.map(both_heads)
-    else:
-        model.compile(
-            optimizer=optimizer,
-            loss=loss,
-            metrics=[metric],
-            jit_compile=jit_compile,
-            run_eagerly=run_eagerly,
+        top_level = {v.path.split("/")[0] for v in model.trainable_variables}
+        multipliers = {p: float(head_lr_mult) for p in HEAD_PREFIXES if p in top_level}
+        optimizer = build_adamw(
+            model,
+            schedule,
+            weight_decay=float(weight_decay),
+            beta_1=beta_1,
+            beta_2=beta_2,
+            clipnorm=clipnorm,
+            lr_multipliers=multipliers if head_lr_mult != 1.0 and multipliers else None,
         )
-    # Build the optimizer now: under TensorFlow, slots created inside the first traced step
-    # make tf.function trace the whole train step a second time.
-    optimizer.build(model.trainable_variables)
+        check_gradient_clipping(optimizer, replicas)
+        num_classes = int(model.outputs[0].shape[-1])
+        loss = SegmentationCrossEntropy(ignore_label=ignore_label)
+        metric = SegmentationMeanIoU(num_classes, ignore_label=ignore_label, name="mean_iou")
+        auxiliary = len(model.outputs) > 1
+        if auxiliary:
+            if len(model.outputs) != 2:
+                raise ValueError(f"Expected 1 or 2 model outputs; got {len(model.outputs)}.")
+            model.compile(
+                optimizer=optimizer,
+                loss=[loss, SegmentationCrossEntropy(ignore_label=ignore_label)],
+                loss_weights=[1.0, AUXILIARY_LOSS_WEIGHT],
+                metrics=[[metric], []],
+                jit_compile=jit_compile,
+                run_eagerly=run_eagerly,
+            )
 
-    monitor = mean_iou_key(model) if val_ds is not None else "loss"
-    run_callbacks = standard_callbacks(
-        output_dir,
-        monitor=monitor,
-        mode="max" if val_ds is not None else "min",
-        tensorboard=tensorboard,
-    )
-    run_callbacks += list(callbacks or [])
-    return model.fit(
-        train_ds.repeat(),
-        validation_data=val_ds,
-        validation_steps=validation_steps,
-        epochs=int(epochs),
-        steps_per_epoch=int(steps_per_epoch),
-        callbacks=run_callbacks,
-        verbose=verbose,
-        # The pipelines shuffle; Keras cannot shuffle a tf.data.Dataset and would warn.
-        shuffle=False,
-    )
+            def both_heads(images, masks):
+                return images, (masks, masks)
+
+            train_ds = train_ds.map(both_heads)
+            val_ds = None if val_ds is None else val_ds.map(both_heads)
+        else:
+            model.compile(
+                optimizer=optimizer,
+                loss=loss,
+                metrics=[metric],
+                jit_compile=jit_compile,
+                run_eagerly=run_eagerly,
+            )
+        # Build the optimizer now: under TensorFlow, slots created inside the first traced step
+        # make tf.function trace the whole train step a second time.
+        optimizer.build(model.trainable_variables)
+
+        monitor = mean_iou_key(model) if val_ds is not None else "loss"
+        run_callbacks = standard_callbacks(
+            output_dir,
+            monitor=monitor,
+            mode="max" if val_ds is not None else "min",
+            tensorboard=tensorboard,
+        )
+        run_callbacks += list(callbacks or [])
+        return model.fit(
+            train_ds.repeat(),
+            validation_data=val_ds,
+            validation_steps=validation_steps,
+            epochs=int(epochs),
+            steps_per_epoch=int(steps_per_epoch),
+            callbacks=run_callbacks,
+            verbose=verbose,
+            # The pipelines shuffle; Keras cannot shuffle a tf.data.Dataset and would warn.
+            shuffle=False,
+        )
 
 
 # --- evaluation -------------------------------------------------------------------------------
@@ -723,6 +751,7 @@ def register_train_command(subparsers):
     opt.add_argument("--warmup-steps", type=int, default=1500, help="linear warm-up steps")
     opt.add_argument("--clipnorm", type=float, default=None, help="gradient norm clipping")
     add_compile_arguments(opt)
+    add_distribution_argument(opt)
     run = parser.add_argument_group("run")
     run.add_argument("--output-dir", required=True, help="run directory")
     run.add_argument("--seed", type=int, default=0, help="seed of weights and augmentation")
@@ -788,6 +817,7 @@ def _validate_train_arguments(args, parser):
         parser.error("--auxiliary-head needs --head upernet.")
     if args.seed < 0:
         parser.error(f"--seed must be >= 0; got {args.seed}.")
+    check_distribution_argument(args, parser)
 
 
 def _print_summary(output_dir, key):
@@ -842,14 +872,17 @@ def run_train_command(args, parser):
 
     keras.utils.set_random_seed(args.seed)
     try:
-        model = build_segmenter(
-            args.model,
-            num_classes=num_classes,
-            head=args.head,
-            head_channels=args.head_channels,
-            auxiliary_head=args.auxiliary_head,
-            drop_path_rate=args.drop_path_rate,
-        )
+        # With --distribution data_parallel the variables are created replicated on every
+        # device (see keras_hrvit.distribution); train_segmenter then trains the model there.
+        with distribution_scope(args.distribution):
+            model = build_segmenter(
+                args.model,
+                num_classes=num_classes,
+                head=args.head,
+                head_channels=args.head_channels,
+                auxiliary_head=args.auxiliary_head,
+                drop_path_rate=args.drop_path_rate,
+            )
     except ValueError as error:
         parser.error(str(error))
     num_classes = _num_model_classes(model)
@@ -911,6 +944,7 @@ def run_train_command(args, parser):
         **compile_kwargs(args),
         tensorboard=args.tensorboard,
         verbose=args.verbose,
+        distribution=args.distribution,
     )
     path = save_model(model, os.path.join(output_dir, MODEL_FILE))
     print(f"Trained for {time.time() - start:.0f} s; saved {path}")
