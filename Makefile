@@ -20,7 +20,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	KERAS_BACKEND=tensorflow $(BIN)/python examples/train_shapes.py --output-dir demo_output
+	KERAS_BACKEND=torch $(BIN)/python examples/train_shapes.py --output-dir demo_output
 
 test: $(STAMP)
 	$(BIN)/ruff check .

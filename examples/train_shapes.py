@@ -12,7 +12,7 @@ SavedModel that serves uint8 images (`keras_hrvit.export`).
 
 Usage:
 
-    KERAS_BACKEND=tensorflow python examples/train_shapes.py --output-dir demo_output
+    KERAS_BACKEND=torch python examples/train_shapes.py --output-dir demo_output
 
 Rerunning after an interruption resumes the training where it stopped.
 """
@@ -34,6 +34,11 @@ from keras_hrvit import evaluate, train  # noqa: E402
 from keras_hrvit.export import export_saved_model  # noqa: E402
 
 IMAGE_SIZE = 64
+# A CPU-sized run: 240 steps from scratch (about 5 minutes on PyTorch on 2 cores). Compared with
+# the paper's fine-tuning recipe, the learning rate is higher and the head gets no x10, because
+# nothing is pretrained (x10 on the head: val mIoU 0.57 instead of 0.76 after 240 steps of batch
+# 16), and photometric distortion is off: it slows a run this short and the validation images
+# have no colour shifts.
 TRAIN_ARGS = [
     "--dataset", "shapes",
     "--image-size", str(IMAGE_SIZE),
@@ -42,12 +47,13 @@ TRAIN_ARGS = [
     "--model", "hrvit_tiny_shapes",
     "--crop-size", str(IMAGE_SIZE),
     "--ratio-range", "0.75", "1.5",
-    "--batch-size", "16",
-    "--epochs", "12",
-    "--steps-per-epoch", "100",
-    "--lr", "2e-3",
+    "--batch-size", "32",
+    "--epochs", "4",
+    "--steps-per-epoch", "60",
+    "--lr", "1.2e-2",
     "--head-lr-mult", "1",
-    "--warmup-steps", "150",
+    "--warmup-steps", "30",
+    "--no-photometric",
     "--jit-compile", "false",
     "--verbose", "2",
 ]  # fmt: skip
@@ -88,8 +94,24 @@ def main(argv=None):
     shutil.rmtree(exported, ignore_errors=True)
     model = keras.saving.load_model(os.path.join(args.output_dir, "model.keras"), compile=False)
     export_saved_model(model, exported, verbose=False)
-    print(f"SavedModel: {exported}")
+    agreement = _check_export(model, exported)
+    print(f"SavedModel: {exported} (same class as Keras on {agreement:.2%} of test pixels)")
     return 0
+
+
+def _check_export(model, exported):
+    """Serves validation images from the SavedModel; the share of pixels where Keras agrees."""
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_hrvit.data import IMAGENET_MEAN, IMAGENET_STD, generate_shapes
+
+    images, _ = generate_shapes(4, image_size=IMAGE_SIZE, split="validation")
+    # Keep the loaded object alive while serving: its variables die with it.
+    loaded = tf.saved_model.load(exported)
+    served = loaded.serve(tf.constant(images)).numpy()
+    normalized = (images.astype("float32") - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)
+    return float(np.mean(served == model.predict(normalized, verbose=0)))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ def export_saved_model(model, path, task=None, verbose=True):
         path: output directory; it must not exist yet (nothing is overwritten).
         task: `"segmentation"` (class ids at input size) or `"classification"` (the model's
             outputs, e.g. probabilities); inferred from the model when `None`.
+        verbose: print the serving signature once written.
 
     Example:
     >>> export_saved_model(segmenter, "exported/")
@@ -53,11 +54,10 @@ def export_saved_model(model, path, task=None, verbose=True):
             saved = os.path.join(tmp, "model.keras")
             model.save(saved)
             env = dict(os.environ, KERAS_BACKEND="tensorflow")
-            subprocess.run(
-                [sys.executable, "-m", "keras_hrvit.export", saved, path, "--task", task],
-                check=True,
-                env=env,
-            )
+            command = [sys.executable, "-m", "keras_hrvit.export", saved, path, "--task", task]
+            if not verbose:
+                command.append("--quiet")
+            subprocess.run(command, check=True, env=env)
         return path
     _export_with_tensorflow(model, path, task, verbose)
     return path
@@ -106,12 +106,16 @@ def main(argv=None):
     parser.add_argument("model", help="a .keras file")
     parser.add_argument("output", help="SavedModel directory to create")
     parser.add_argument("--task", choices=TASKS, default=None)
+    parser.add_argument(
+        "--quiet", action="store_true", help="do not print the serving signature and messages"
+    )
     args = parser.parse_args(argv)
     if not args.model.endswith(".keras") or not os.path.isfile(args.model):
         parser.error(f"{args.model!r} is not a .keras file.")
     model = keras.saving.load_model(args.model, compile=False)
-    export_saved_model(model, args.output, task=args.task)
-    print(f"Exported {args.model} to {args.output}")
+    export_saved_model(model, args.output, task=args.task, verbose=not args.quiet)
+    if not args.quiet:
+        print(f"Exported {args.model} to {args.output}")
 
 
 if __name__ == "__main__":

@@ -67,6 +67,41 @@ def test_shapes_shape_classes_are_outlines():
     assert np.mean(fill[3]) < 0.6  # triangle
 
 
+def _hue_and_saturation(pixels):
+    rgb = pixels.astype(np.float64) / 255.0
+    high, low = rgb.max(-1), rgb.min(-1)
+    chroma = np.maximum(high - low, 1e-9)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    hue = np.where(
+        high == r,
+        ((g - b) / chroma) % 6,
+        np.where(high == g, (b - r) / chroma + 2, (r - g) / chroma + 4),
+    )
+    return hue / 6.0, chroma / np.maximum(high, 1e-9)
+
+
+def test_shapes_colors_follow_the_class_by_default():
+    images, masks = generate_shapes(40, image_size=64, seed=1)
+    # Per shape pixel: distance (in turns) from its class's hue family centre; noise adds a little.
+    hue, saturation = _hue_and_saturation(images)
+    centre = np.array([np.nan, 0.0, 0.25, 0.5, 0.75])[masks]
+    distance = np.abs((hue - centre + 0.5) % 1.0 - 0.5)
+    shape = masks > 0
+    assert np.median(distance[shape]) < 0.03
+    assert np.mean(distance[shape] < 0.125) > 0.97  # nearer its own family than any other
+    # Backgrounds are greyish, shapes saturated.
+    assert np.median(saturation[~shape]) < 0.2 < 0.6 < np.median(saturation[shape])
+
+    random_images, random_masks = generate_shapes(40, image_size=64, seed=1, colors="random")
+    hue, _ = _hue_and_saturation(random_images)
+    centre = np.array([np.nan, 0.0, 0.25, 0.5, 0.75])[random_masks]
+    distance = np.abs((hue - centre + 0.5) % 1.0 - 0.5)
+    shape = random_masks > 0
+    assert np.mean(distance[shape] < 0.125) < 0.5
+    with pytest.raises(ValueError, match="colors"):
+        generate_shapes(2, image_size=32, colors="rainbow")
+
+
 def test_load_shapes_matches_generator():
     ds = load_shapes("validation", num_images=5, image_size=48, seed=7)
     assert ds.element_spec[0].dtype == tf.uint8 and ds.element_spec[1].dtype == tf.uint8
