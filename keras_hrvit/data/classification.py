@@ -195,9 +195,10 @@ def load_embedded_classification(split="train", num_images=None, image_size=64, 
     Arguments as in `generate_embedded_classification`. Class names are `EMBEDDED_CLASSES`.
     The full ImageNet recipe is too strong for a few epochs on 64-pixel toys; with light
     augmentation (`classification_train_pipeline(..., image_size=64, scale=(0.35, 1.0),
-    randaugment=False, mixup_alpha=0.0, cutmix_alpha=0.0, random_erasing=0.0)`) a tiny HRViT
-    (0.4 M parameters, AdamW 2e-3) reaches about 75 % validation top-1 after 5 epochs of 2048
-    images (chance: 12.5 %).
+    randaugment=False, mixup_alpha=0.0, cutmix_alpha=0.0, random_erasing=0.0)`) the 1.4 M-parameter
+    `hrvit_tiny` classifier (AdamW 2e-3, batch 32) reached 44 % validation top-1 after 5 epochs of
+    2048 images on PyTorch (chance: 12.5 %). At 32 pixels with 1024 images it memorizes instead
+    (62 % top-1 on its training images, 16 % on validation after 4 epochs).
 
     Returns:
         A `tf.data.Dataset` of `(image, label)`: uint8 `[image_size, image_size, 3]`, int32 `[]`.

@@ -13,7 +13,8 @@ Command line (see `python -m keras_hrvit.train classification --help`):
 python -m keras_hrvit.train classification --data tfds:imagenet2012 --model hrvit_b1 \
     --batch-size 1024 --epochs 300 --output-dir runs/hrvit_b1_in1k --mixed-precision mixed_bfloat16
 python -m keras_hrvit.train classification --data embedded --model hrvit_tiny --image-size 64 \
-    --batch-size 32 --epochs 5 --lr 2e-3 --warmup-epochs 1 --light-augment --output-dir runs/toy
+    --num-train-images 2048 --batch-size 32 --epochs 5 --lr 0.064 --warmup-epochs 1 \
+    --light-augment --output-dir runs/toy
 ```
 """
 
