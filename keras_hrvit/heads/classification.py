@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_hrvit.layers.common import batch_norm, register
+from keras_hrvit.layers.conv import Conv2D
 
 FINAL_CHANNELS = 2048
 
@@ -28,9 +29,7 @@ class Bottleneck(keras.layers.Layer):
 
         def conv(filters, size, name):
             padding = "same" if size == 3 else "valid"
-            return keras.layers.Conv2D(
-                filters, size, padding=padding, use_bias=False, name=name, dtype=policy
-            )
+            return Conv2D(filters, size, padding=padding, use_bias=False, name=name, dtype=policy)
 
         self.conv1, self.bn1 = conv(self.channels, 1, "conv1"), batch_norm("bn1", dtype=policy)
         self.conv2, self.bn2 = conv(self.channels, 3, "conv2"), batch_norm("bn2", dtype=policy)
@@ -93,11 +92,11 @@ class HRNetClassifierHead(keras.layers.Layer):
         ]
         self.down_pad = keras.layers.ZeroPadding2D(1, dtype=policy)
         self.down_convs = [
-            keras.layers.Conv2D(w, 3, strides=2, name=f"down_{i}_conv", dtype=policy)
+            Conv2D(w, 3, strides=2, name=f"down_{i}_conv", dtype=policy)
             for i, w in enumerate(widths[1:])
         ]
         self.down_bns = [batch_norm(f"down_{i}_bn", dtype=policy) for i in range(len(widths) - 1)]
-        self.final_conv = keras.layers.Conv2D(FINAL_CHANNELS, 1, name="final_conv", dtype=policy)
+        self.final_conv = Conv2D(FINAL_CHANNELS, 1, name="final_conv", dtype=policy)
         self.final_bn = batch_norm("final_bn", dtype=policy)
 
     def build(self, input_shape):

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_hrvit.layers.common import batch_norm, check_positive_int, register, resize_to
+from keras_hrvit.layers.conv import Conv2D
 
 
 @register
@@ -34,15 +35,12 @@ class SegFormerHead(keras.layers.Layer):
         self.dropout = dropout
         policy = self.dtype_policy
         self.projections = [
-            keras.layers.Conv2D(channels, 1, name=f"proj_{i}", dtype=policy)
-            for i in range(num_inputs)
+            Conv2D(channels, 1, name=f"proj_{i}", dtype=policy) for i in range(num_inputs)
         ]
-        self.fusion_conv = keras.layers.Conv2D(
-            channels, 1, use_bias=False, name="fusion_conv", dtype=policy
-        )
+        self.fusion_conv = Conv2D(channels, 1, use_bias=False, name="fusion_conv", dtype=policy)
         self.fusion_bn = batch_norm("fusion_bn", dtype=policy)
         self.dropout_layer = keras.layers.Dropout(dropout, dtype=policy)
-        self.classifier = keras.layers.Conv2D(num_classes, 1, name="classifier", dtype=policy)
+        self.classifier = Conv2D(num_classes, 1, name="classifier", dtype=policy)
 
     def build(self, input_shape):
         if len(input_shape) != self.num_inputs:

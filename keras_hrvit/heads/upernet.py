@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_hrvit.layers.common import batch_norm, check_positive_int, register, resize_to
+from keras_hrvit.layers.conv import Conv2D
 
 
 def _check_dropout(dropout):
@@ -72,7 +73,7 @@ class ConvBNReLU(keras.layers.Layer):
         if kernel_size % 2 == 0:
             raise ValueError(f"`kernel_size` must be odd to pad symmetrically, got {kernel_size}.")
         policy = self.dtype_policy
-        self.conv = keras.layers.Conv2D(
+        self.conv = Conv2D(
             filters, kernel_size, padding="same", use_bias=False, name="conv", dtype=policy
         )
         self.bn = batch_norm("bn", dtype=policy)
@@ -154,7 +155,7 @@ class UPerNetHead(keras.layers.Layer):
         ]
         self.fpn_bottleneck = ConvBNReLU(channels, 3, name="fpn_bottleneck", dtype=policy)
         self.dropout_layer = keras.layers.SpatialDropout2D(dropout, dtype=policy)
-        self.conv_seg = keras.layers.Conv2D(num_classes, 1, name="conv_seg", dtype=policy)
+        self.conv_seg = Conv2D(num_classes, 1, name="conv_seg", dtype=policy)
 
     def build(self, input_shape):
         if len(input_shape) != self.num_inputs:
@@ -240,7 +241,7 @@ class FCNHead(keras.layers.Layer):
             ConvBNReLU(channels, 3, name=f"conv_{i}", dtype=policy) for i in range(num_convs)
         ]
         self.dropout_layer = keras.layers.SpatialDropout2D(dropout, dtype=policy)
-        self.conv_seg = keras.layers.Conv2D(num_classes, 1, name="conv_seg", dtype=policy)
+        self.conv_seg = Conv2D(num_classes, 1, name="conv_seg", dtype=policy)
 
     def _select(self, inputs):
         return inputs[self.in_index] if isinstance(inputs, (list, tuple)) else inputs

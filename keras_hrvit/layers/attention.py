@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_hrvit.layers.common import batch_norm, check_positive_int, hard_swish, register
+from keras_hrvit.layers.conv import DepthwiseConv2D
 
 # Added to the scores of padded keys. Large enough that exp() underflows to 0 in float32, small
 # enough not to overflow when added to a float32 score.
@@ -49,7 +50,7 @@ class CrossShapedAttention(keras.layers.Layer):
         self.num_heads = half // self.head_size
         self.scale = self.head_size**-0.5
         self.qv = keras.layers.Dense(2 * dim, name="qv", dtype=self.dtype_policy)
-        self.parallel_conv = keras.layers.DepthwiseConv2D(
+        self.parallel_conv = DepthwiseConv2D(
             3, padding="same", name="parallel_conv", dtype=self.dtype_policy
         )
         self.proj = keras.layers.Dense(dim, name="proj", dtype=self.dtype_policy)
@@ -82,30 +83,55 @@ class CrossShapedAttention(keras.layers.Layer):
         s = self.window_size
         _, height, width, channels = ops.shape(q)
         static = isinstance(height, int)
-        pad = (-height) % s
+        pad = (s - height % s) % s  # not (-height) % s: ONNX has no floor modulo of negatives
         padded = not (static and pad == 0)
         if padded:
             q = ops.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
             v = ops.pad(v, ((0, 0), (0, pad), (0, 0), (0, 0)))
         stripes = (height + pad) // s
         tokens = s * width
-        heads, size = self.num_heads, self.head_size
-
-        def split(t):
-            t = ops.reshape(t, (-1, stripes, tokens, heads, size))
-            return ops.transpose(t, (0, 1, 3, 2, 4))  # batch, stripe, head, token, size
-
-        q, v = split(q * ops.cast(self.scale, q.dtype)), split(v)
-        scores = ops.cast(ops.matmul(q, ops.transpose(v, (0, 1, 2, 4, 3))), "float32")
+        shape = (-1, stripes, tokens, self.num_heads, self.head_size)
+        q, v = ops.reshape(q, shape), ops.reshape(v, shape)
+        valid = None
         if padded:
-            valid_rows = ops.arange(height + pad) < height
-            valid = ops.repeat(ops.reshape(valid_rows, (stripes, s, 1)), width, axis=2)
+            # Keys in padded rows are masked out: one (stripes, tokens) pattern for every image.
+            # The row of token t of stripe i is i * s + t // width.
+            rows = ops.arange(stripes)[:, None] * s + ops.arange(tokens)[None, :] // width
+            valid = rows < height
+        out = self._attend(q, v, valid)
+        out = ops.reshape(out, (-1, height + pad, width, channels))
+        return out[:, :height] if padded else out
+
+    def _attend(self, q, v, valid):
+        """Multi-head attention over (batch, stripe, token, head, size) with keys = values."""
+        _, stripes, tokens, heads, size = ops.shape(q)
+        if keras.backend.backend() == "torch":
+            # PyTorch's fused scaled_dot_product_attention is ~1.5x faster than matmul + softmax
+            # here; XLA compiles the explicit form below better than Keras's einsum-based one.
+            mask = None
+            if valid is not None:
+                mask = ops.reshape(valid, (1, stripes, 1, 1, tokens))
+                mask = ops.reshape(
+                    ops.tile(mask, (ops.shape(q)[0], 1, 1, 1, 1)), (-1, 1, 1, tokens)
+                )
+            flat = (-1, tokens, heads, size)
+            out = ops.dot_product_attention(
+                ops.reshape(q, flat),
+                ops.reshape(v, flat),
+                ops.reshape(v, flat),
+                mask=mask,
+                scale=self.scale,
+            )
+            return ops.reshape(out, ops.shape(q))
+        q = ops.transpose(q * ops.cast(self.scale, q.dtype), (0, 1, 3, 2, 4))
+        v = ops.transpose(v, (0, 1, 3, 2, 4))  # batch, stripe, head, token, size
+        # Scores and softmax in float32 under mixed precision.
+        scores = ops.cast(ops.matmul(q, ops.transpose(v, (0, 1, 2, 4, 3))), "float32")
+        if valid is not None:
             bias = ops.where(ops.reshape(valid, (1, stripes, 1, 1, tokens)), 0.0, _MASK_VALUE)
             scores = scores + ops.cast(bias, "float32")
         weights = ops.cast(ops.softmax(scores, axis=-1), v.dtype)
-        out = ops.transpose(ops.matmul(weights, v), (0, 1, 3, 2, 4))
-        out = ops.reshape(out, (-1, height + pad, width, channels))
-        return out[:, :height] if padded else out
+        return ops.transpose(ops.matmul(weights, v), (0, 1, 3, 2, 4))
 
     def compute_output_shape(self, input_shape):
         return input_shape

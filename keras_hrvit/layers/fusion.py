@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_hrvit.layers.common import batch_norm, gelu, register
+from keras_hrvit.layers.conv import Conv2D, DepthwiseConv2D
 
 
 @register
@@ -53,18 +54,18 @@ class FusionBlock(keras.layers.Layer):
                     row.append(
                         [
                             keras.layers.ZeroPadding2D(f // 2, dtype=policy),
-                            keras.layers.DepthwiseConv2D(
+                            DepthwiseConv2D(
                                 f + 1, strides=f, use_bias=False, name=f"{name}_dw", dtype=policy
                             ),
                             batch_norm(f"{name}_dw_bn", dtype=policy),
-                            keras.layers.Conv2D(cout, 1, name=f"{name}_conv", dtype=policy),
+                            Conv2D(cout, 1, name=f"{name}_conv", dtype=policy),
                             batch_norm(f"{name}_bn", dtype=policy),
                         ]
                     )
                 elif j > i:
                     row.append(
                         [
-                            keras.layers.Conv2D(cout, 1, name=f"{name}_conv", dtype=policy),
+                            Conv2D(cout, 1, name=f"{name}_conv", dtype=policy),
                             batch_norm(f"{name}_bn", dtype=policy),
                         ]
                     )

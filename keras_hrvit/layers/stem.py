@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_hrvit.layers.common import batch_norm, check_positive_int, layer_norm, register
+from keras_hrvit.layers.conv import Conv2D, DepthwiseConv2D
 
 MIN_INPUT_SIZE = 32
 
@@ -30,9 +31,9 @@ class ConvStem(keras.layers.Layer):
         self.in_channels = check_positive_int(in_channels, "in_channels")
         policy = self.dtype_policy
         self.pad = keras.layers.ZeroPadding2D(1, dtype=policy)
-        self.conv1 = keras.layers.Conv2D(channels // 2, 3, strides=2, name="conv1", dtype=policy)
+        self.conv1 = Conv2D(channels // 2, 3, strides=2, name="conv1", dtype=policy)
         self.bn1 = batch_norm("bn1", dtype=policy)
-        self.conv2 = keras.layers.Conv2D(channels, 3, strides=2, name="conv2", dtype=policy)
+        self.conv2 = Conv2D(channels, 3, strides=2, name="conv2", dtype=policy)
         self.bn2 = batch_norm("bn2", dtype=policy)
 
     def build(self, input_shape):
@@ -93,8 +94,8 @@ class EffPatchEmbed(keras.layers.Layer):
         super().__init__(**kwargs)
         self.channels = check_positive_int(channels, "channels")
         policy = self.dtype_policy
-        self.proj = keras.layers.Conv2D(channels, 1, name="proj", dtype=policy)
-        self.dwconv = keras.layers.DepthwiseConv2D(3, padding="same", name="dwconv", dtype=policy)
+        self.proj = Conv2D(channels, 1, name="proj", dtype=policy)
+        self.dwconv = DepthwiseConv2D(3, padding="same", name="dwconv", dtype=policy)
         self.norm = layer_norm("norm", dtype=policy)
 
     def build(self, input_shape):

@@ -1,0 +1,122 @@
+"""Convolutions with the same weights and results as Keras's, computed in the way each backend runs
+fastest (benchmarks/bench.py measures the difference).
+
+- XLA's CPU compiler lowers grouped (depthwise) convolutions to a slow generic loop: a 5x5
+  depthwise convolution of a 128x128x64 map takes ~100 ms under `jax.jit`, while the same
+  convolution written as a sum of `k*k` shifted, per-channel-scaled slices of the input, which XLA
+  fuses into one pass, takes ~6 ms. JAX always compiles with XLA, so on JAX every depthwise
+  convolution is computed that way. (TensorFlow compiles with XLA only when asked to, and Keras does
+  not ask on CPU-only machines; its own kernels are fast.)
+- Keras's PyTorch convolutions copy a channels-last input to channels-first and back to
+  channels-last memory before calling PyTorch (two copies of the activation per convolution).
+  PyTorch convolves a channels-last tensor natively when it is handed the channels-first *view* of
+  it, so on PyTorch both layers pass that view and get a channels-last view back, with no copy.
+"""
+
+import keras
+from keras import ops
+
+from keras_hrvit.layers.common import register
+
+
+def _channels_first_view(conv_fn, x, kernel, strides, padding, dilation_rate):
+    y = conv_fn(
+        ops.transpose(x, (0, 3, 1, 2)),
+        kernel,
+        strides=strides,
+        padding=padding,
+        dilation_rate=dilation_rate,
+        data_format="channels_first",
+    )
+    return ops.transpose(y, (0, 2, 3, 1))
+
+
+def _shifted_sum_depthwise(x, kernel, strides, padding):
+    """Depthwise convolution (multiplier 1) as a sum of strided slices times per-channel weights."""
+    kh, kw = kernel.shape[0], kernel.shape[1]
+    sh, sw = strides
+    if padding == "same":
+        height, width = ops.shape(x)[1], ops.shape(x)[2]
+        out_h, out_w = -(-height // sh), -(-width // sw)
+        pad_h = max((out_h - 1) * sh + kh - height, 0)
+        pad_w = max((out_w - 1) * sw + kw - width, 0)
+        top, left = pad_h // 2, pad_w // 2
+        x = ops.pad(x, ((0, 0), (top, pad_h - top), (left, pad_w - left), (0, 0)))
+    height, width = ops.shape(x)[1], ops.shape(x)[2]
+    out_h, out_w = (height - kh) // sh + 1, (width - kw) // sw + 1
+    kernel = ops.cast(kernel, x.dtype)
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            term = x[:, i : i + (out_h - 1) * sh + 1 : sh, j : j + (out_w - 1) * sw + 1 : sw, :]
+            term = term * kernel[i, j, :, 0]
+            out = term if out is None else out + term
+    return out
+
+
+@register
+class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
+    """`keras.layers.DepthwiseConv2D` (channels-last), computed the fastest way on each backend.
+
+    Same arguments, weights and outputs as the Keras layer; see the module docstring for why.
+
+    Example:
+    >>> DepthwiseConv2D(3, padding="same")(keras.ops.ones((1, 8, 8, 4))).shape
+    (1, 8, 8, 4)
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.data_format != "channels_last":
+            raise ValueError("keras_hrvit's DepthwiseConv2D is channels-last only.")
+
+    def call(self, inputs):
+        backend = keras.backend.backend()
+        plain = self.depth_multiplier == 1 and self.dilation_rate == (1, 1)
+        if backend == "jax" and plain and all(isinstance(n, int) for n in inputs.shape[1:3]):
+            outputs = _shifted_sum_depthwise(inputs, self.kernel, self.strides, self.padding)
+        elif backend == "torch":
+            outputs = _channels_first_view(
+                ops.depthwise_conv,
+                inputs,
+                self.kernel,
+                self.strides,
+                self.padding,
+                self.dilation_rate,
+            )
+        else:
+            return super().call(inputs)
+        if self.use_bias:
+            outputs = outputs + self.bias
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+
+@register
+class Conv2D(keras.layers.Conv2D):
+    """`keras.layers.Conv2D` (channels-last) without PyTorch's layout copies.
+
+    Same arguments, weights and outputs as the Keras layer; see the module docstring for why.
+
+    Example:
+    >>> Conv2D(8, 3, strides=2)(keras.ops.ones((1, 9, 9, 4))).shape
+    (1, 4, 4, 8)
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.data_format != "channels_last":
+            raise ValueError("keras_hrvit's Conv2D is channels-last only.")
+
+    def call(self, inputs):
+        if keras.backend.backend() != "torch" or self.groups != 1:
+            return super().call(inputs)
+        outputs = _channels_first_view(
+            ops.conv, inputs, self.kernel, self.strides, self.padding, self.dilation_rate
+        )
+        if self.use_bias:
+            outputs = outputs + self.bias
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
