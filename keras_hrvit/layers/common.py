@@ -62,8 +62,8 @@ def layer_norm(name=None, dtype=None):
 def gelu(x):
     """The exact (erf) GELU, PyTorch's `nn.GELU` default."""
     if keras.backend.backend() == "tensorflow":
-        # tf.nn.gelu computes it with erfc, an op ONNX does not have; this form exports to ONNX
-        # (`export_onnx`) and is the formula PyTorch uses.
+        # tf.nn.gelu computes it with erfc, an op ONNX does not have; this form converts to ONNX
+        # (tf2onnx) and is the formula PyTorch uses.
         return 0.5 * x * (1.0 + ops.erf(x * ops.cast(0.7071067811865476, x.dtype)))
     return ops.gelu(x, approximate=False)
 
