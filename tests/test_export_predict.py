@@ -1,4 +1,5 @@
-"""SavedModel export served by bare TensorFlow, and the predict CLI."""
+"""SavedModel export served by bare TensorFlow, ONNX export served by onnxruntime, and the predict
+CLI."""
 
 import json
 import os
@@ -9,10 +10,10 @@ import keras
 import numpy as np
 import pytest
 from PIL import Image
-from reference import tiny_backbone
+from reference import micro_backbone, tiny_backbone
 
 import keras_hrvit
-from keras_hrvit.export import export_saved_model
+from keras_hrvit.export import export_onnx, export_saved_model
 from keras_hrvit.predict import IMAGENET_MEAN, IMAGENET_STD, main, read_image
 
 pytest.importorskip("tensorflow")
@@ -134,3 +135,40 @@ def test_corrupt_image_is_a_clear_error_and_leaves_no_output(exported, tmp_path)
     assert info.value.code == 1
     # The good image is still processed; the broken one leaves nothing behind.
     assert sorted(os.listdir(out)) == ["street_classes.png", "street_overlay.png"]
+
+
+def test_onnx_export_matches_keras_at_any_size(tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    # tf2onnx's graph optimizer takes minutes for every thousand layers: the smallest model.
+    segmenter = keras_hrvit.HRViTSegmenter(micro_backbone(), num_classes=5, head_channels=8)
+    _randomize_batch_norms(segmenter, seed=1)
+    export_onnx(segmenter, tmp_path / "classes.onnx", verbose=False)
+    # The "classification" task serves the model's raw outputs: here the stride-4 logits.
+    export_onnx(segmenter, tmp_path / "logits.onnx", task="classification", verbose=False)
+    classes = onnxruntime.InferenceSession(str(tmp_path / "classes.onnx"))
+    logits = onnxruntime.InferenceSession(str(tmp_path / "logits.onnx"))
+    assert [i.name for i in classes.get_inputs()] == ["images"]
+    # Batch, height and width are dynamic; sizes that pad the attention stripes included.
+    for batch, height, width in [(1, 375, 500), (2, 97, 130)]:
+        images = np.stack([_test_image(height, width)] * batch)
+        images[-1] = images[-1][::-1]
+        x = (images.astype("float32") - IMAGENET_MEAN) / IMAGENET_STD
+        expected = keras.ops.convert_to_numpy(segmenter(x, training=False))
+        served = logits.run(None, {"images": images})[0]
+        assert served.shape == expected.shape
+        np.testing.assert_allclose(served, expected, atol=1e-3)
+        class_map = classes.run(None, {"images": images})[0]
+        assert class_map.shape == (batch, height, width)
+        expected_classes = segmenter.predict(x, verbose=0)
+        assert len(np.unique(expected_classes)) > 1
+        assert np.mean(class_map == expected_classes) >= 0.999
+
+
+def test_export_refuses_to_overwrite_and_checks_the_onnx_suffix(tmp_path):
+    model = keras_hrvit.HRViTSegmenter(micro_backbone(), num_classes=3)
+    with pytest.raises(ValueError, match=r"must end in \.onnx"):
+        export_onnx(model, tmp_path / "model.pb")
+    (tmp_path / "taken.onnx").write_bytes(b"keep me")
+    with pytest.raises(FileExistsError, match="taken.onnx"):
+        export_onnx(model, tmp_path / "taken.onnx")
+    assert (tmp_path / "taken.onnx").read_bytes() == b"keep me"

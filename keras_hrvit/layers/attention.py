@@ -123,15 +123,15 @@ class CrossShapedAttention(keras.layers.Layer):
                 scale=self.scale,
             )
             return ops.reshape(out, ops.shape(q))
-        q = ops.transpose(q * ops.cast(self.scale, q.dtype), (0, 1, 3, 2, 4))
-        v = ops.transpose(v, (0, 1, 3, 2, 4))  # batch, stripe, head, token, size
+        q = _swap_tokens_and_heads(q * ops.cast(self.scale, q.dtype))
+        v = _swap_tokens_and_heads(v)  # batch, stripe, head, token, size
         # Scores and softmax in float32 under mixed precision.
         scores = ops.cast(ops.matmul(q, ops.transpose(v, (0, 1, 2, 4, 3))), "float32")
         if valid is not None:
             bias = ops.where(ops.reshape(valid, (1, stripes, 1, 1, tokens)), 0.0, _MASK_VALUE)
             scores = scores + ops.cast(bias, "float32")
         weights = ops.cast(ops.softmax(scores, axis=-1), v.dtype)
-        return ops.transpose(ops.matmul(weights, v), (0, 1, 3, 2, 4))
+        return _swap_tokens_and_heads(ops.matmul(weights, v))
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -140,3 +140,14 @@ class CrossShapedAttention(keras.layers.Layer):
         config = super().get_config()
         config.update(dim=self.dim, window_size=self.window_size, head_dim=self.head_dim)
         return config
+
+
+def _swap_tokens_and_heads(x):
+    """(batch, stripe, a, b, size) -> (batch, stripe, b, a, size)."""
+    _, stripes, a, b, size = ops.shape(x)
+    if any(isinstance(n, int) and n == 1 for n in (a, b)):
+        # Moving a unit axis is a reshape. Written as one, because tf2onnx rewrites such a
+        # transpose into a reshape with copy-this-axis zeros, then merges it into the reshape
+        # before it, where the zeros copy the wrong axes.
+        return ops.reshape(x, (-1, stripes, b, a, size))
+    return ops.transpose(x, (0, 1, 3, 2, 4))
