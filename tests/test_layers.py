@@ -157,43 +157,25 @@ def test_bad_arguments_are_clear_errors(make, message):
 
 
 @pytest.mark.parametrize(
-    "kwargs, in_shape",
+    "name, kwargs, in_shape",
     [
-        ({"kernel_size": 3, "padding": "same"}, (2, 9, 12, 6)),
-        ({"kernel_size": 5, "padding": "same", "use_bias": False}, (1, 8, 7, 4)),
-        ({"kernel_size": 3, "strides": 2, "padding": "valid"}, (1, 11, 10, 4)),
-        ({"kernel_size": 5, "strides": 4, "padding": "valid", "use_bias": False}, (2, 18, 22, 3)),
-        ({"kernel_size": 3, "strides": 2, "padding": "same"}, (1, 10, 9, 5)),
+        ("DepthwiseConv2D", {"kernel_size": 3, "padding": "same"}, (2, 9, 12, 6)),
+        ("DepthwiseConv2D", {"kernel_size": 5, "padding": "same", "use_bias": False}, (1, 8, 7, 4)),
+        ("DepthwiseConv2D", {"kernel_size": 3, "strides": 2, "padding": "valid"}, (1, 11, 10, 4)),
+        ("DepthwiseConv2D", {"kernel_size": 5, "strides": 4, "use_bias": False}, (2, 18, 22, 3)),
+        ("DepthwiseConv2D", {"kernel_size": 3, "strides": 2, "padding": "same"}, (1, 10, 9, 5)),
+        ("Conv2D", {"filters": 8, "kernel_size": 3, "strides": 2}, (2, 11, 12, 3)),
+        ("Conv2D", {"filters": 5, "kernel_size": 1, "use_bias": False}, (1, 6, 7, 4)),
+        ("Conv2D", {"filters": 4, "kernel_size": 3, "padding": "same"}, (1, 7, 6, 2)),
     ],
 )
-def test_depthwise_conv_matches_keras(kwargs, in_shape):
-    from keras_hrvit.layers.conv import DepthwiseConv2D
+def test_convolutions_match_keras(name, kwargs, in_shape):
+    from keras_hrvit.layers import conv
 
-    ours, theirs = DepthwiseConv2D(**kwargs), keras.layers.DepthwiseConv2D(**kwargs)
+    ours, theirs = getattr(conv, name)(**kwargs), getattr(keras.layers, name)(**kwargs)
     ours.build(in_shape)
     theirs.build(in_shape)
     rng = np.random.default_rng(0)
-    theirs.set_weights([rng.normal(size=w.shape).astype("float32") for w in theirs.get_weights()])
-    ours.set_weights(theirs.get_weights())
-    x = rng.normal(size=in_shape).astype("float32")
-    np.testing.assert_allclose(_numpy(ours(x)), _numpy(theirs(x)), rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize(
-    "kwargs, in_shape",
-    [
-        ({"filters": 8, "kernel_size": 3, "strides": 2}, (2, 11, 12, 3)),
-        ({"filters": 5, "kernel_size": 1, "use_bias": False}, (1, 6, 7, 4)),
-        ({"filters": 4, "kernel_size": 3, "padding": "same"}, (1, 7, 6, 2)),
-    ],
-)
-def test_conv_matches_keras(kwargs, in_shape):
-    from keras_hrvit.layers.conv import Conv2D
-
-    ours, theirs = Conv2D(**kwargs), keras.layers.Conv2D(**kwargs)
-    ours.build(in_shape)
-    theirs.build(in_shape)
-    rng = np.random.default_rng(1)
     theirs.set_weights([rng.normal(size=w.shape).astype("float32") for w in theirs.get_weights()])
     ours.set_weights(theirs.get_weights())
     x = rng.normal(size=in_shape).astype("float32")

@@ -31,6 +31,14 @@ def _channels_first_view(conv_fn, x, kernel, strides, padding, dilation_rate):
     return ops.transpose(y, (0, 2, 3, 1))
 
 
+def _bias_and_activation(layer, outputs):
+    if layer.use_bias:
+        outputs = outputs + layer.bias
+    if layer.activation is not None:
+        outputs = layer.activation(outputs)
+    return outputs
+
+
 def _shifted_sum_depthwise(x, kernel, strides, padding):
     """Depthwise convolution (multiplier 1) as a sum of strided slices times per-channel weights."""
     kh, kw = kernel.shape[0], kernel.shape[1]
@@ -86,11 +94,7 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
             )
         else:
             return super().call(inputs)
-        if self.use_bias:
-            outputs = outputs + self.bias
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        return outputs
+        return _bias_and_activation(self, outputs)
 
 
 @register
@@ -115,8 +119,4 @@ class Conv2D(keras.layers.Conv2D):
         outputs = _channels_first_view(
             ops.conv, inputs, self.kernel, self.strides, self.padding, self.dilation_rate
         )
-        if self.use_bias:
-            outputs = outputs + self.bias
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        return outputs
+        return _bias_and_activation(self, outputs)
