@@ -19,14 +19,26 @@ class HRViTBlock(keras.layers.Layer):
         head_dim: attention head size.
         mlp_ratio: MixCFN expansion.
         drop_path_rate: stochastic depth rate of both residual branches.
+        remat: recompute the block's activations in the backward pass instead of storing them
+            (the original's `with_cp`).
 
     Example:
     >>> HRViTBlock(32, window_size=7, head_dim=16)(keras.ops.ones((1, 20, 20, 32))).shape
     (1, 20, 20, 32)
     """
 
-    def __init__(self, dim, window_size, head_dim=32, mlp_ratio=4.0, drop_path_rate=0.0, **kwargs):
+    def __init__(
+        self,
+        dim,
+        window_size,
+        head_dim=32,
+        mlp_ratio=4.0,
+        drop_path_rate=0.0,
+        remat=False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
+        self.remat = bool(remat)
         self.dim = check_positive_int(dim, "dim")
         self.window_size = window_size
         self.head_dim = head_dim
@@ -45,6 +57,13 @@ class HRViTBlock(keras.layers.Layer):
             layer.build(input_shape)
 
     def call(self, x, training=None):
+        if self.remat:
+            # keras.remat around a function of the tensor alone, not keras.RematScope: Keras
+            # passes `training` as a keyword, which TensorFlow's recompute_grad rejects in graphs.
+            return keras.remat(lambda t: self._forward(t, training))(x)
+        return self._forward(x, training)
+
+    def _forward(self, x, training):
         y = self.attn(self.attn_norm(x), training=training) + self.des(x)
         x = x + self.drop_path(y, training=training)
         return x + self.drop_path(self.ffn(self.ffn_norm(x)), training=training)
@@ -60,5 +79,6 @@ class HRViTBlock(keras.layers.Layer):
             head_dim=self.head_dim,
             mlp_ratio=self.mlp_ratio,
             drop_path_rate=self.drop_path_rate,
+            remat=self.remat,
         )
         return config

@@ -82,18 +82,15 @@ class HRViTBackbone(keras.Model):
             for i, x in enumerate(features):
                 x = EffPatchEmbed(channels[i], name=f"m{m}_embed{i}")(x)
                 for b in range(module[i]):
-                    block = HRViTBlock(
+                    x = HRViTBlock(
                         channels[i],
                         window_size=window_sizes[i],
                         head_dim=head_dim,
                         mlp_ratio=mlp_ratios[i],
                         drop_path_rate=rates[m][b],
+                        remat=remat,
                         name=f"m{m}_branch{i}_block{b}",
-                    )
-                    # Remat is decided when a layer is first called; only whole blocks get it.
-                    mode = "list_of_layers" if remat else None
-                    with keras.RematScope(mode=mode, layer_names=[block.name]):
-                        x = block(x)
+                    )(x)
                 next_features.append(layer_norm(f"m{m}_norm{i}")(x))
             features = next_features
             widths = channels[: len(module)]
