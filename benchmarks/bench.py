@@ -5,6 +5,7 @@ table and writes JSON. Report ratios from one run; absolute times only from a GP
 
     python benchmarks/bench.py --backends tensorflow jax torch --models hrvit_b1 --sizes 512
     python benchmarks/bench.py --peer  # adds KerasHub's SegFormer MiT-B1 backbone (keras-hub)
+    python benchmarks/bench.py --measure train --tasks segmenter --remat off on --backends torch
 """
 
 import argparse
@@ -20,7 +21,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _build(name, task, size):
+def _build(name, task, size, remat=False):
     import keras
 
     import keras_hrvit
@@ -45,9 +46,10 @@ def _build(name, task, size):
             return backbone
         return keras_hub.models.SegFormerBackbone(image_encoder=backbone, projection_filters=256)
     if task == "backbone":
-        return keras_hrvit.HRViTBackbone.from_preset(name, input_shape=shape)
+        return keras_hrvit.HRViTBackbone.from_preset(name, input_shape=shape, remat=remat)
     model = keras_hrvit.HRViTSegmenter(
-        keras_hrvit.HRViTBackbone.from_preset(name, input_shape=shape), num_classes=150
+        keras_hrvit.HRViTBackbone.from_preset(name, input_shape=shape, remat=remat),
+        num_classes=150,
     )
     keras.utils.set_random_seed(0)
     return model
@@ -71,13 +73,16 @@ def run_one(args):
     if args.precision != "float32":
         keras.mixed_precision.set_global_policy(args.precision)
     size = tuple(args.size)
-    model = _build(args.model, args.task, size)
+    model = _build(args.model, args.task, size, remat=args.remat == "on")
     images = np.random.rand(args.batch, size[0], size[1], 3).astype("float32")
-    compiled = args.mode == "compiled"
+    # "default" is what `model.compile()` picks: XLA on JAX, a tf.function graph (no XLA) on a
+    # CPU-only TensorFlow, eager PyTorch; "compiled" forces `jit_compile=True` everywhere.
+    jit_compile = {"eager": False, "default": "auto", "compiled": True}[args.mode]
     result = {"params": int(model.count_params())}
     if args.measure == "inference":
-        if compiled:
-            model.compile(jit_compile=True)
+        if args.mode != "eager":
+            model.compile(jit_compile=jit_compile)
+            result["jit_compile"] = bool(model.jit_compile)
             fn = lambda: model.predict_on_batch(images)  # noqa: E731
         else:
             fn = lambda: keras.ops.convert_to_numpy(  # noqa: E731
@@ -85,15 +90,16 @@ def run_one(args):
             )
         result["latency_ms"] = 1000 * _time(fn, args.warmup, args.repeats)
     else:
-        import keras_hrvit
+        from keras_hrvit.losses import SegmentationCrossEntropy
 
         labels = np.random.randint(0, 150, (args.batch,) + size).astype("int32")
         model.compile(
             optimizer=keras.optimizers.AdamW(6e-5),
-            loss=keras_hrvit.losses.SegmentationCrossEntropy(),
-            jit_compile=compiled,
-            run_eagerly=not compiled and keras.backend.backend() != "torch",
+            loss=SegmentationCrossEntropy(),
+            jit_compile=jit_compile,
+            run_eagerly=args.mode == "eager" and keras.backend.backend() != "torch",
         )
+        result["jit_compile"] = bool(model.jit_compile)
         step = _time(lambda: model.train_on_batch(images, labels), args.warmup, args.repeats)
         result["train_images_per_s"] = args.batch / step
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -108,22 +114,29 @@ def main():
         "--tasks", nargs="+", default=["backbone"], choices=["backbone", "segmenter"]
     )
     parser.add_argument("--sizes", nargs="+", default=["224", "512"], help="N or HxW")
-    parser.add_argument("--modes", nargs="+", default=["eager", "compiled"])
+    parser.add_argument(
+        "--modes", nargs="+", default=["eager", "default", "compiled"],
+        choices=["eager", "default", "compiled"],
+    )  # fmt: skip
     parser.add_argument("--precisions", nargs="+", default=["float32"])
     parser.add_argument(
         "--measure", nargs="+", default=["inference"], choices=["inference", "train"]
     )
+    parser.add_argument(
+        "--remat", nargs="+", default=["off"], choices=["off", "on"],
+        help="recompute block activations in the backward pass (HRViT only)",
+    )  # fmt: skip
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--peer", action="store_true", help="also run KerasHub MiT-B1")
     parser.add_argument("--out", default="benchmarks/results.json")
     parser.add_argument("--timeout", type=int, default=1800)
-    parser.add_argument("--_one", nargs=7, help=argparse.SUPPRESS)
+    parser.add_argument("--_one", nargs=8, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args._one:
-        backend, model, task, size, mode, precision, measure = args._one
+        backend, model, task, size, mode, precision, measure, remat = args._one
         one = argparse.Namespace(
             model=model,
             task=task,
@@ -131,6 +144,7 @@ def main():
             mode=mode,
             precision=precision,
             measure=measure,
+            remat=remat,
             batch=args.batch,
             warmup=args.warmup,
             repeats=args.repeats,
@@ -148,10 +162,10 @@ def main():
                     for backend in args.backends:
                         for mode in args.modes:
                             for precision in args.precisions:
-                                rows.append(
-                                    _spawn(args, backend, model, task, hw, mode, precision, measure)
-                                )
-                                _print_row(rows[-1])
+                                for remat in args.remat if model != "mit_b1" else ["off"]:
+                                    config = (backend, model, task, hw, mode, precision, measure)
+                                    rows.append(_spawn(args, *config, remat))
+                                    _print_row(rows[-1])
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(
@@ -160,7 +174,7 @@ def main():
     print(f"\nWrote {args.out}")
 
 
-def _spawn(args, backend, model, task, size, mode, precision, measure):
+def _spawn(args, backend, model, task, size, mode, precision, measure, remat):
     env = dict(
         os.environ,
         KERAS_BACKEND=backend,
@@ -184,6 +198,7 @@ def _spawn(args, backend, model, task, size, mode, precision, measure):
         mode,
         precision,
         measure,
+        remat,
     ]
     row = {
         "backend": backend,
@@ -193,6 +208,7 @@ def _spawn(args, backend, model, task, size, mode, precision, measure):
         "mode": mode,
         "precision": precision,
         "measure": measure,
+        "remat": remat,
         "batch": args.batch,
     }
     try:
@@ -210,10 +226,12 @@ def _spawn(args, backend, model, task, size, mode, precision, measure):
 def _print_row(row):
     value = row.get("latency_ms") or row.get("train_images_per_s")
     unit = "ms" if "latency_ms" in row else "img/s"
-    shown = f"{value:9.1f} {unit}" if value else f"error: {row.get('error')}"
+    digits = 1 if unit == "ms" else 3
+    shown = f"{value:9.{digits}f} {unit}" if value else f"error: {row.get('error')}"
     print(
         f"{row['backend']:10} {row['model']:9} {row['task']:9} {row['size']:9} {row['mode']:8} "
-        f"{row['precision']:14} {shown:>14}  rss {row.get('peak_rss_mb', 0):7.0f} MB"
+        f"{row['precision']:14} remat {row['remat']:3} {shown:>14}  "
+        f"rss {row.get('peak_rss_mb', 0):7.0f} MB"
     )
 
 
