@@ -5,6 +5,7 @@ table and writes JSON. Report ratios from one run; absolute times only from a GP
 
     python benchmarks/bench.py --backends tensorflow jax torch --models hrvit_b1 --sizes 512
     python benchmarks/bench.py --peer  # adds KerasHub's SegFormer MiT-B1 backbone (keras-hub)
+    python benchmarks/bench.py --original  # adds the original PyTorch code's eager forward
     python benchmarks/bench.py --measure train --tasks segmenter --remat off on --backends torch
 """
 
@@ -66,8 +67,32 @@ def _time(fn, warmup, repeats):
     return float(np.median(times))
 
 
+def _run_original(args):
+    """The original implementation (benchmarks/original_torch.py): eager PyTorch, NCHW, no grad."""
+    import torch
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from original_torch import build_original
+
+    model = build_original(args.model[len("original_") :]).eval()
+    images = torch.rand(args.batch, 3, args.size[0], args.size[1])
+
+    def forward():
+        with torch.no_grad():
+            return model(images)
+
+    result = {
+        "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "latency_ms": 1000 * _time(forward, args.warmup, args.repeats),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    print("RESULT " + json.dumps(result))
+
+
 def run_one(args):
     """Runs in the subprocess: one backend, model, task, size, mode and precision."""
+    if args.model.startswith("original_"):
+        return _run_original(args)
     import keras
 
     if args.precision != "float32":
@@ -130,6 +155,10 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--peer", action="store_true", help="also run KerasHub MiT-B1")
+    parser.add_argument(
+        "--original", action="store_true",
+        help="also run the original PyTorch implementation (eager, inference, backbone, float32)",
+    )  # fmt: skip
     parser.add_argument("--out", default="benchmarks/results.json")
     parser.add_argument("--timeout", type=int, default=1800)
     parser.add_argument("--_one", nargs=8, help=argparse.SUPPRESS)
@@ -157,6 +186,12 @@ def main():
     for measure in args.measure:
         for size in args.sizes:
             hw = size if "x" in size else f"{size}x{size}"
+            if args.original and measure == "inference":
+                # The original code runs one way: eager PyTorch, float32.
+                for model in args.models:
+                    config = ("torch", model.replace("hrvit_", "original_"), "backbone", hw)
+                    rows.append(_spawn(args, *config, "eager", "float32", measure, "off"))
+                    _print_row(rows[-1])
             for model in models:
                 for task in args.tasks:
                     for backend in args.backends:
@@ -229,7 +264,7 @@ def _print_row(row):
     digits = 1 if unit == "ms" else 3
     shown = f"{value:9.{digits}f} {unit}" if value else f"error: {row.get('error')}"
     print(
-        f"{row['backend']:10} {row['model']:9} {row['task']:9} {row['size']:9} {row['mode']:8} "
+        f"{row['backend']:10} {row['model']:11} {row['task']:9} {row['size']:9} {row['mode']:8} "
         f"{row['precision']:14} remat {row['remat']:3} {shown:>14}  "
         f"rss {row.get('peak_rss_mb', 0):7.0f} MB"
     )
