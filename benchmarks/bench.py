@@ -154,6 +154,11 @@ def main():
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="run the whole sweep this many times, interleaved, and report each row's median: "
+        "ratios then hold even when the machine's speed drifts during the run",
+    )  # fmt: skip
     parser.add_argument("--peer", action="store_true", help="also run KerasHub MiT-B1")
     parser.add_argument(
         "--original", action="store_true",
@@ -182,30 +187,51 @@ def main():
         return
 
     models = list(args.models) + (["mit_b1"] if args.peer else [])
-    rows = []
+    configs = []
     for measure in args.measure:
         for size in args.sizes:
             hw = size if "x" in size else f"{size}x{size}"
             if args.original and measure == "inference":
                 # The original code runs one way: eager PyTorch, float32.
                 for model in args.models:
-                    config = ("torch", model.replace("hrvit_", "original_"), "backbone", hw)
-                    rows.append(_spawn(args, *config, "eager", "float32", measure, "off"))
-                    _print_row(rows[-1])
+                    original = model.replace("hrvit_", "original_")
+                    configs.append(
+                        ("torch", original, "backbone", hw, "eager", "float32", measure, "off")
+                    )
             for model in models:
                 for task in args.tasks:
                     for backend in args.backends:
                         for mode in args.modes:
                             for precision in args.precisions:
                                 for remat in args.remat if model != "mit_b1" else ["off"]:
-                                    config = (backend, model, task, hw, mode, precision, measure)
-                                    rows.append(_spawn(args, *config, remat))
-                                    _print_row(rows[-1])
+                                    configs.append(
+                                        (backend, model, task, hw, mode, precision, measure, remat)
+                                    )
+    runs = [[] for _ in configs]
+    for r in range(args.rounds):
+        if args.rounds > 1:
+            print(f"round {r + 1}/{args.rounds}")
+        for config, done in zip(configs, runs):
+            done.append(_spawn(args, *config))
+            _print_row(done[-1])
+    rows = [_median_row(done) for done in runs]
+    if args.rounds > 1:
+        print("\nmedian of the rounds")
+        for row in rows:
+            _print_row(row)
+    ratios = _ratios(rows)
+    if ratios:
+        print("\nspeed-up (their latency / ours; > 1 is faster), same run")
+        for r in ratios:
+            print(f"{r['backend']:10} {r['model']:11} {r['size']:9} {r['mode']:8} "
+                  f"vs {r['against']:11} {r['speedup']:6.2f}x")  # fmt: skip
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(
-            {"machine": os.uname().nodename, "cpus": os.cpu_count(), "rows": rows}, f, indent=2
-        )
+            {"machine": os.uname().nodename, "cpus": os.cpu_count(), "rows": rows,
+             "ratios": ratios},
+            f, indent=2,
+        )  # fmt: skip
     print(f"\nWrote {args.out}")
 
 
@@ -256,6 +282,43 @@ def _spawn(args, backend, model, task, size, mode, precision, measure, remat):
         if line.startswith("RESULT "):
             return {**row, **json.loads(line[len("RESULT ") :])}
     return {**row, "error": (done.stderr.strip().splitlines() or ["failed"])[-1][:200]}
+
+
+def _ratios(rows):
+    """Each float32 HRViT backbone latency against the original's eager forward (same model and
+    size) and against MiT-B1 (same backend, size and mode)."""
+    latency = {
+        (r["backend"], r["model"], r["task"], r["size"], r["mode"], r["precision"], r["remat"]):
+        r["latency_ms"]
+        for r in rows if r.get("latency_ms") and r["measure"] == "inference"
+    }  # fmt: skip
+    ratios = []
+    for (backend, model, task, size, mode, precision, remat), ours in latency.items():
+        if not model.startswith("hrvit_") or task != "backbone" or precision != "float32":
+            continue
+        original = ("torch", model.replace("hrvit_", "original_"), task, size, "eager", precision)
+        peer = (backend, "mit_b1", task, size, mode, precision)
+        for against, key in ((original[1], original), ("mit_b1", peer)):
+            if key + ("off",) in latency and remat == "off":
+                ratios.append({
+                    "backend": backend, "model": model, "size": size, "mode": mode,
+                    "against": against, "speedup": latency[key + ("off",)] / ours,
+                })  # fmt: skip
+    return ratios
+
+
+def _median_row(runs):
+    """One configuration's runs (one per round): the median of each figure, and every value."""
+    row = dict(runs[0])
+    for key in ("latency_ms", "train_images_per_s", "peak_rss_mb"):
+        values = [run[key] for run in runs if key in run]
+        if values:
+            row[key] = float(np.median(values))
+            if len(runs) > 1:
+                row[key + "_rounds"] = values
+    if len(runs) > 1 and any("error" in run for run in runs):
+        row["errors"] = [run["error"] for run in runs if "error" in run]
+    return row
 
 
 def _print_row(row):
