@@ -23,7 +23,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _build(name, task, size, remat=False):
-    import keras
 
     import keras_hrvit
 
@@ -46,14 +45,10 @@ def _build(name, task, size, remat=False):
         if task == "backbone":
             return backbone
         return keras_hub.models.SegFormerBackbone(image_encoder=backbone, projection_filters=256)
+    backbone = keras_hrvit.HRViTBackbone.from_preset(name, input_shape=shape, remat=remat)
     if task == "backbone":
-        return keras_hrvit.HRViTBackbone.from_preset(name, input_shape=shape, remat=remat)
-    model = keras_hrvit.HRViTSegmenter(
-        keras_hrvit.HRViTBackbone.from_preset(name, input_shape=shape, remat=remat),
-        num_classes=150,
-    )
-    keras.utils.set_random_seed(0)
-    return model
+        return backbone
+    return keras_hrvit.HRViTSegmenter(backbone, num_classes=150)
 
 
 def _time(fn, warmup, repeats):
