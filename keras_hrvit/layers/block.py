@@ -58,10 +58,41 @@ class HRViTBlock(keras.layers.Layer):
 
     def call(self, x, training=None):
         if self.remat:
-            # keras.remat around a function of the tensor alone, not keras.RematScope: Keras
-            # passes `training` as a keyword, which TensorFlow's recompute_grad rejects in graphs.
-            return keras.remat(lambda t: self._forward(t, training))(x)
+            return self._rematerialized_forward(x, training)
         return self._forward(x, training)
+
+    def _rematerialized_forward(self, x, training):
+        # keras.remat around a function of the tensor alone, not keras.RematScope: Keras passes
+        # `training` as a keyword, which TensorFlow's recompute_grad rejects in graphs.
+        # The block's state (the attention BatchNorm's moving statistics, DropPath's seed) is
+        # read and written in a StatelessScope: the recomputation in the backward pass must see
+        # the state the forward pass saw and change nothing, or it updates the statistics twice
+        # and draws other drop-path masks than the forward pass (wrong gradients), and on JAX the
+        # writes leak tracers out of jax.checkpoint. The new state is returned and assigned here.
+        state = self.non_trainable_variables
+        # Copies: PyTorch's assign below writes into the tensor that `value` returns.
+        mapping = [(v, keras.ops.copy(v.value)) for v in state]
+        if keras.backend.backend() == "jax":
+            # The trainer's own StatelessScope holds the (traced) values of the weights, and the
+            # nested scope hides it. Elsewhere the weights are read inside the function, where
+            # recompute_grad and autograd see them.
+            mapping += [(v, v.value) for v in self.trainable_variables]
+        updated = []
+
+        def forward(t):
+            with keras.StatelessScope(state_mapping=mapping) as scope:
+                before = [scope.get_current_value(v) for v in state]
+                y = self._forward(t, training)
+            # Only what the forward pass wrote: the mapped values of frozen weights were read
+            # through autocasting (rounded to the compute dtype) and must not be written back.
+            after = [scope.get_current_value(v) for v in state]
+            updated[:] = [i for i, (b, a) in enumerate(zip(before, after)) if a is not b]
+            return (y,) + tuple(after[i] for i in updated)
+
+        y, *new_values = keras.remat(forward)(x)
+        for i, value in zip(updated, new_values):
+            state[i].assign(value)
+        return y
 
     def _forward(self, x, training):
         y = self.attn(self.attn_norm(x), training=training) + self.des(x)

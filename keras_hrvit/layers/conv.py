@@ -52,14 +52,19 @@ def _shifted_sum_depthwise(x, kernel, strides, padding):
         x = ops.pad(x, ((0, 0), (top, pad_h - top), (left, pad_w - left), (0, 0)))
     height, width = ops.shape(x)[1], ops.shape(x)[2]
     out_h, out_w = (height - kh) // sh + 1, (width - kw) // sw + 1
-    kernel = ops.cast(kernel, x.dtype)
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    kernel = ops.cast(kernel, dtype)
+    if dtype in ("float16", "bfloat16"):
+        # Sum in float32 and round once, as convolution kernels do: partial sums rounded to
+        # bfloat16 make a 3x3 (5x5) convolution 2.5x (3.7x) less accurate than Keras's.
+        x, kernel = ops.cast(x, "float32"), ops.cast(kernel, "float32")
     out = None
     for i in range(kh):
         for j in range(kw):
             term = x[:, i : i + (out_h - 1) * sh + 1 : sh, j : j + (out_w - 1) * sw + 1 : sw, :]
             term = term * kernel[i, j, :, 0]
             out = term if out is None else out + term
-    return out
+    return ops.cast(out, dtype)
 
 
 @register
