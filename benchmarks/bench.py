@@ -23,7 +23,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _build(name, task, size, remat=False):
-
     import keras_hrvit
 
     shape = (size[0], size[1], 3)
@@ -276,7 +275,10 @@ def _spawn(args, backend, model, task, size, mode, precision, measure, remat):
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
             return {**row, **json.loads(line[len("RESULT ") :])}
-    return {**row, "error": (done.stderr.strip().splitlines() or ["failed"])[-1][:200]}
+    # Keras appends the call's arguments after the exception: report the exception's line.
+    lines = done.stderr.strip().splitlines() or ["failed"]
+    errors = [line for line in lines if "Error" in line or "Exception" in line]
+    return {**row, "error": (errors or lines)[-1].strip()[:200]}
 
 
 def _ratios(rows):
