@@ -25,53 +25,41 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# The original constructor's arguments of the released variants (HRVIT_SPEC.md, "Variants").
+
+def _variant(branch_channels, block_list, dim_head, mlp_ratio_list):
+    """The original constructor's arguments: module m's channel list is the first
+    `len(block_list[m])` branch widths."""
+    return {
+        "channels": 64,
+        "channel_list": [list(branch_channels[: len(blocks)]) for blocks in block_list],
+        "block_list": block_list,
+        "dim_head": dim_head,
+        "ws_list": [1, 2, 7, 7],
+        "mlp_ratio_list": mlp_ratio_list,
+    }
+
+
+# The released variants (HRVIT_SPEC.md, "Variants"), written out here rather than read from
+# keras_hrvit, so that this reference does not depend on the code it is compared with.
 VARIANTS = {
-    "b1": {
-        "channels": 64,
-        "channel_list": [
-            [32],
-            [32, 64],
-            [32, 64, 128],
-            [32, 64, 128],
-            [32, 64, 128, 256],
-            [32, 64, 128, 256],
-        ],
-        "block_list": [[1], [1, 1], [1, 1, 6], [1, 1, 6], [1, 1, 6, 2], [1, 1, 2, 2]],
-        "dim_head": 32,
-        "ws_list": [1, 2, 7, 7],
-        "mlp_ratio_list": [4, 4, 4, 4],
-    },
-    "b2": {
-        "channels": 64,
-        "channel_list": [
-            [48],
-            [48, 96],
-            [48, 96, 240],
-            [48, 96, 240],
-            [48, 96, 240, 384],
-            [48, 96, 240, 384],
-        ],
-        "block_list": [[1], [1, 1], [1, 1, 6], [1, 1, 6], [1, 1, 6, 2], [1, 1, 6, 2]],
-        "dim_head": 24,
-        "ws_list": [1, 2, 7, 7],
-        "mlp_ratio_list": [2, 3, 3, 3],
-    },
-    "b3": {
-        "channels": 64,
-        "channel_list": [
-            [64],
-            [64, 128],
-            [64, 128, 256],
-            [64, 128, 256],
-            [64, 128, 256, 512],
-            [64, 128, 256, 512],
-        ],
-        "block_list": [[1], [1, 1], [1, 1, 6], [1, 1, 6], [1, 1, 6, 3], [1, 1, 6, 3]],
-        "dim_head": 32,
-        "ws_list": [1, 2, 7, 7],
-        "mlp_ratio_list": [2, 2, 2, 2],
-    },
+    "b1": _variant(
+        [32, 64, 128, 256],
+        [[1], [1, 1], [1, 1, 6], [1, 1, 6], [1, 1, 6, 2], [1, 1, 2, 2]],
+        32,
+        [4, 4, 4, 4],
+    ),
+    "b2": _variant(
+        [48, 96, 240, 384],
+        [[1], [1, 1], [1, 1, 6], [1, 1, 6], [1, 1, 6, 2], [1, 1, 6, 2]],
+        24,
+        [2, 3, 3, 3],
+    ),
+    "b3": _variant(
+        [64, 128, 256, 512],
+        [[1], [1, 1], [1, 1, 6], [1, 1, 6], [1, 1, 6, 3], [1, 1, 6, 3]],
+        32,
+        [2, 2, 2, 2],
+    ),
 }
 
 # Constructor arguments of the original that only concern its classifier head.
