@@ -167,12 +167,16 @@ def test_bad_arguments_are_clear_errors(make, message):
         ("Conv2D", {"filters": 8, "kernel_size": 3, "strides": 2}, (2, 11, 12, 3)),
         ("Conv2D", {"filters": 5, "kernel_size": 1, "use_bias": False}, (1, 6, 7, 4)),
         ("Conv2D", {"filters": 4, "kernel_size": 3, "padding": "same"}, (1, 7, 6, 2)),
+        ("Dense", {"units": 7}, (2, 5, 6, 4)),
+        ("Dense", {"units": 3, "use_bias": False}, (3, 2, 5)),
+        ("Dense", {"units": 5, "activation": "gelu"}, (4, 6)),
     ],
 )
-def test_convolutions_match_keras(name, kwargs, in_shape):
-    from keras_hrvit.layers import conv
+def test_fast_layers_match_keras(name, kwargs, in_shape):
+    from keras_hrvit.layers import conv, dense
 
-    ours, theirs = getattr(conv, name)(**kwargs), getattr(keras.layers, name)(**kwargs)
+    module = dense if name == "Dense" else conv
+    ours, theirs = getattr(module, name)(**kwargs), getattr(keras.layers, name)(**kwargs)
     ours.build(in_shape)
     theirs.build(in_shape)
     rng = np.random.default_rng(0)
@@ -180,3 +184,44 @@ def test_convolutions_match_keras(name, kwargs, in_shape):
     ours.set_weights(theirs.get_weights())
     x = rng.normal(size=in_shape).astype("float32")
     np.testing.assert_allclose(_numpy(ours(x)), _numpy(theirs(x)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's graph optimizer")
+def test_tensorflow_graph_optimizer_accepts_a_block(capfd):
+    """TensorFlow 2.21's Grappler remapper breaks on a depthwise conv + BiasAdd + Add (the
+    attention's parallel path) and then drops every fusion of the graph. It only says so in its
+    C++ log, on stderr."""
+    import tensorflow as tf
+
+    block = layers.HRViTBlock(32, window_size=2, head_dim=16)
+    x = np.random.default_rng(0).normal(size=(1, 8, 8, 32)).astype("float32")
+    capfd.readouterr()
+    y = tf.function(lambda t: block(t, training=False))(x)
+    np.testing.assert_allclose(y.numpy(), _numpy(block(x, training=False)), rtol=1e-4, atol=1e-4)
+    err = capfd.readouterr().err
+    assert "remapper failed" not in err and "empty op name" not in err, err
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch.compile")
+def test_torch_compile_trains_the_convolutions():
+    """Under torch.compile Dynamo makes the shapes symbolic, and Inductor could not order the
+    strides of the channels-first view the eager path hands PyTorch (it raised)."""
+    from keras_hrvit.layers import conv
+
+    def model(jit_compile):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((None, None, 3))
+        x = conv.Conv2D(8, 3, strides=2, padding="same")(inputs)
+        x = conv.DepthwiseConv2D(3, padding="same")(keras.layers.BatchNormalization()(x))
+        m = keras.Model(inputs, conv.Conv2D(4, 1)(x))
+        m.compile(keras.optimizers.SGD(0.1), "mse", jit_compile=jit_compile)
+        return m
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 16, 16, 3)).astype("float32")
+    y = rng.normal(size=(4, 8, 8, 4)).astype("float32")
+    eager, compiled = model(False), model(True)
+    for m in (eager, compiled):
+        m.fit(x, y, batch_size=2, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(eager.get_weights(), compiled.get_weights()):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)

@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_hrvit.layers.common import batch_norm, check_positive_int, hard_swish, register
 from keras_hrvit.layers.conv import DepthwiseConv2D
+from keras_hrvit.layers.dense import Dense
 
 # Added to the scores of padded keys. Large enough that exp() underflows to 0 in float32, small
 # enough not to overflow when added to a float32 score.
@@ -49,11 +50,11 @@ class CrossShapedAttention(keras.layers.Layer):
         self.head_dim = head_dim
         self.num_heads = half // self.head_size
         self.scale = self.head_size**-0.5
-        self.qv = keras.layers.Dense(2 * dim, name="qv", dtype=self.dtype_policy)
+        self.qv = Dense(2 * dim, name="qv", dtype=self.dtype_policy)
         self.parallel_conv = DepthwiseConv2D(
             3, padding="same", name="parallel_conv", dtype=self.dtype_policy
         )
-        self.proj = keras.layers.Dense(dim, name="proj", dtype=self.dtype_policy)
+        self.proj = Dense(dim, name="proj", dtype=self.dtype_policy)
         # Zero-initialized, as in the original: each block's attention path starts at zero.
         self.norm = batch_norm("norm", zero_init=True, dtype=self.dtype_policy)
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: dim})

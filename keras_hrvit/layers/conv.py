@@ -11,12 +11,21 @@ fastest (benchmarks/bench.py measures the difference).
   channels-last memory before calling PyTorch (two copies of the activation per convolution).
   PyTorch convolves a channels-last tensor natively when it is handed the channels-first *view* of
   it, so on PyTorch both layers pass that view and get a channels-last view back, with no copy.
+  Under `torch.compile` (`jit_compile=True`) they leave layouts to the compiler: Inductor plans its
+  own, and it cannot order the strides of that view once Dynamo makes the shapes symbolic (it
+  raises "cannot determine truth value of Relational").
 """
 
 import keras
 from keras import ops
 
 from keras_hrvit.layers.common import register
+
+
+def _torch_eager():
+    import torch  # Only reached on the PyTorch backend.
+
+    return not torch.compiler.is_compiling()
 
 
 def _channels_first_view(conv_fn, x, kernel, strides, padding, dilation_rate):
@@ -88,7 +97,7 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
         plain = self.depth_multiplier == 1 and self.dilation_rate == (1, 1)
         if backend == "jax" and plain and all(isinstance(n, int) for n in inputs.shape[1:3]):
             outputs = _shifted_sum_depthwise(inputs, self.kernel, self.strides, self.padding)
-        elif backend == "torch":
+        elif backend == "torch" and _torch_eager():
             outputs = _channels_first_view(
                 ops.depthwise_conv,
                 inputs,
@@ -98,7 +107,19 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
                 self.dilation_rate,
             )
         else:
-            return super().call(inputs)
+            # Not Keras's call, which adds the bias through a Reshape and a Squeeze: on the
+            # attention's parallel path (then added to the attention output) that graph makes
+            # TensorFlow 2.21's Grappler remapper emit a node without an op and fail, and the
+            # whole model then runs without any of its fusions (conv or MatMul with bias, ...).
+            # tests/test_layers.py checks the optimizer's log.
+            outputs = ops.depthwise_conv(
+                inputs,
+                self.kernel,
+                strides=self.strides,
+                padding=self.padding,
+                dilation_rate=self.dilation_rate,
+                data_format="channels_last",
+            )
         return _bias_and_activation(self, outputs)
 
 
@@ -119,7 +140,7 @@ class Conv2D(keras.layers.Conv2D):
             raise ValueError("keras_hrvit's Conv2D is channels-last only.")
 
     def call(self, inputs):
-        if keras.backend.backend() != "torch" or self.groups != 1:
+        if keras.backend.backend() != "torch" or self.groups != 1 or not _torch_eager():
             return super().call(inputs)
         outputs = _channels_first_view(
             ops.conv, inputs, self.kernel, self.strides, self.padding, self.dilation_rate

@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_hrvit.layers.common import check_positive_int, gelu, register
+from keras_hrvit.layers.dense import Dense
 
 
 def des_factors(dim):
@@ -33,8 +34,8 @@ class DES(keras.layers.Layer):
         super().__init__(**kwargs)
         self.dim = check_positive_int(dim, "dim")
         self.k, self.p = des_factors(dim)
-        self.proj_right = keras.layers.Dense(self.p, name="proj_right", dtype=self.dtype_policy)
-        self.proj_left = keras.layers.Dense(self.k, name="proj_left", dtype=self.dtype_policy)
+        self.proj_right = Dense(self.p, name="proj_right", dtype=self.dtype_policy)
+        self.proj_left = Dense(self.k, name="proj_left", dtype=self.dtype_policy)
 
     def build(self, input_shape):
         self.proj_right.build((None, self.p))

@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_hrvit.layers.common import check_positive_int, gelu, register
 from keras_hrvit.layers.conv import DepthwiseConv2D
+from keras_hrvit.layers.dense import Dense
 
 
 @register
@@ -30,10 +31,10 @@ class MixCFN(keras.layers.Layer):
         if self.hidden < 2:
             raise ValueError(f"`dim * mlp_ratio` must be at least 2, got {self.hidden}.")
         policy = self.dtype_policy
-        self.fc1 = keras.layers.Dense(self.hidden, name="fc1", dtype=policy)
+        self.fc1 = Dense(self.hidden, name="fc1", dtype=policy)
         self.conv_3 = DepthwiseConv2D(3, padding="same", name="conv_3", dtype=policy)
         self.conv_5 = DepthwiseConv2D(5, padding="same", name="conv_5", dtype=policy)
-        self.fc2 = keras.layers.Dense(dim, name="fc2", dtype=policy)
+        self.fc2 = Dense(dim, name="fc2", dtype=policy)
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: dim})
 
     def build(self, input_shape):
