@@ -188,9 +188,9 @@ def test_fast_layers_match_keras(name, kwargs, in_shape):
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's graph optimizer")
 def test_tensorflow_graph_optimizer_accepts_a_block(capfd):
-    """TensorFlow 2.21's Grappler remapper breaks on a depthwise conv + BiasAdd + Add (the
-    attention's parallel path) and then drops every fusion of the graph. It only says so in its
-    C++ log, on stderr."""
+    """TensorFlow 2.21's Grappler remapper broke on the graph Keras's own DepthwiseConv2D builds
+    (its bias through a Reshape and a Squeeze) on the attention's parallel path, then dropped every
+    fusion of the graph. It only says so in its C++ log, on stderr."""
     import tensorflow as tf
 
     block = layers.HRViTBlock(32, window_size=2, head_dim=16)
