@@ -28,7 +28,6 @@ from keras_hrvit.data import (
     segmentation_train_pipeline,
 )
 from keras_hrvit.tasks.classification import (
-    build_backbone,
     build_classifier,
     train_classifier,
     transfer_backbone_weights,
@@ -87,8 +86,8 @@ def pretrain(settings, output_dir, seed):
 def fine_tune(classifier, settings, output_dir, seed):
     """Builds a segmenter on a fresh backbone, copies the pretrained weights, fine-tunes it."""
     size = settings["image_size"]
-    segmenter = HRViTSegmenter(
-        build_backbone(MODEL, drop_path_rate=0.1), num_classes=len(SHAPES_CLASSES), head_channels=64
+    segmenter = HRViTSegmenter.from_preset(
+        MODEL, num_classes=len(SHAPES_CLASSES), head_channels=64, drop_path_rate=0.1
     )
     copied = transfer_backbone_weights(classifier, segmenter)
     print(f"Copied {len(copied)} pretrained backbone layers ({copied[0]} ... {copied[-1]}).")

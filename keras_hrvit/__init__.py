@@ -1,6 +1,8 @@
 """HRViT, the multi-scale high-resolution vision transformer, for Keras 3."""
 
-from keras_hrvit import heads, layers, weights
+# Importing registers every serializable class (layers, heads, models, losses, metrics,
+# optimizer, schedules), so any `.keras` file the package writes loads after `import keras_hrvit`.
+from keras_hrvit import heads, layers, losses, metrics, presets, training, weights
 from keras_hrvit.models import (
     HRViTB1,
     HRViTB2,
@@ -21,5 +23,9 @@ __all__ = [
     "HRViTSegmenter",
     "heads",
     "layers",
+    "losses",
+    "metrics",
+    "presets",
+    "training",
     "weights",
 ]

@@ -1,15 +1,18 @@
-"""Convert a checkpoint of the original HRViT code into a Keras `.weights.h5` file.
+"""Convert a checkpoint of the original HRViT code into a Keras weights file or preset folder.
 
     python -m keras_hrvit.convert SRC DST.weights.h5 --model PRESET [--task TASK]
-        [--num-classes N] [--head-channels C] [--config JSON] [--ema] [--cache] [--overwrite]
+        [--num-classes N] [--head-channels C] [--config JSON] [--ema] [--overwrite]
+    python -m keras_hrvit.convert SRC --preset-dir DIR --model PRESET [...]
 
 SRC is a `.pth`/`.pt` (needs PyTorch), `.npz` or `.safetensors` file holding a timm trainer
 checkpoint (`state_dict`, `state_dict_ema`), an MMSegmentation checkpoint (`backbone.*`,
 `decode_head.*`, `auxiliary_head.*`) or a bare state dict, with or without `module.` prefixes.
 The task, number of classes and head widths are read from the checkpoint unless given. The
 weights are loaded strictly, checked on a random image, and written atomically: on any error no
-DST file is left. `--cache` writes `<preset>.weights.h5` and its `.sha256` into the preset cache
-(`$KERAS_HRVIT_HOME`, default `~/.keras/keras_hrvit`) for `weights="<preset>"`.
+DST file is left. `--preset-dir DIR` writes the converted model as a preset folder instead
+(`config.json`, `model.weights.h5`, `metadata.json` with the weights' SHA-256; see
+`keras_hrvit.preset_io`), which `HRViTClassifier.from_preset(DIR)` /
+`HRViTSegmenter.from_preset(DIR)` load, checking the hash.
 """
 
 import argparse
@@ -17,12 +20,12 @@ import json
 import logging
 import os
 import sys
-import tempfile
 
 import keras
 import numpy as np
 
-from keras_hrvit.weights import cache
+from keras_hrvit import preset_io
+from keras_hrvit.files import atomic_write
 from keras_hrvit.weights.checkpoints import read_checkpoint
 from keras_hrvit.weights.torch_loading import load_torch_state_dict, normalize_name
 
@@ -59,7 +62,7 @@ def build_model(
     >>> model, task = build_model(read_checkpoint("ade.pth"), model="hrvit_b1_ade20k")
     """
     from keras_hrvit.models import HRViTBackbone, HRViTClassifier, HRViTSegmenter
-    from keras_hrvit.models.presets import BACKBONE_PRESETS, SEGMENTER_PRESETS
+    from keras_hrvit.presets import BACKBONE_PRESETS, SEGMENTER_PRESETS
 
     if (model is None) == (config is None):
         raise ValueError("Give exactly one of `model` (a preset name) and `config`.")
@@ -148,33 +151,22 @@ def convert_checkpoint(
     head_channels=None,
     ema=False,
     trust_pickle=False,
-    to_cache=False,
+    preset_dir=None,
     overwrite=False,
 ):
-    """Converts checkpoint `src` into Keras weights at `dst` (or into the preset cache).
+    """Converts checkpoint `src` into Keras weights at `dst`, or a preset folder `preset_dir`.
 
-    Returns the written path. Arguments are as in `build_model` and `read_checkpoint`;
-    `to_cache=True` writes `<model>.weights.h5` and its `.sha256` into the preset cache.
+    Returns the written path: the `.weights.h5` file, or the folder. Arguments are as in
+    `build_model` and `read_checkpoint`. `preset_dir` writes the whole model with
+    `preset_io.save_to_preset`, so that `from_preset(preset_dir)` rebuilds it with these weights.
 
     Example:
     >>> convert_checkpoint("ade.pth", "b1_ade.weights.h5", model="hrvit_b1_ade20k")
     'b1_ade.weights.h5'
+    >>> convert_checkpoint("ade.pth", model="hrvit_b1_ade20k", preset_dir="presets/b1_ade")
+    'presets/b1_ade'
     """
-    if to_cache:
-        if dst is not None:
-            raise ValueError("Give DST or `--cache`, not both.")
-        if model is None:
-            raise ValueError("`--cache` needs a preset `--model` (the file is named after it).")
-        dst = cache.preset_weights_path(model)
-        overwrite = True
-    if dst is None:
-        raise ValueError("Give DST (a `.weights.h5` path) or `--cache`.")
-    dst = os.fspath(dst)
-    if not dst.endswith(".weights.h5"):
-        raise ValueError(f"DST must end with `.weights.h5`, got {dst!r}.")
-    if os.path.exists(dst) and not overwrite:
-        raise FileExistsError(f"{dst!r} exists; pass `--overwrite` to replace it.")
-
+    target = _check_target(dst, preset_dir, overwrite)
     state = read_checkpoint(src, ema=ema, trust_pickle=trust_pickle)
     keras_model, task = build_model(
         state,
@@ -184,33 +176,57 @@ def convert_checkpoint(
         num_classes=num_classes,
         head_channels=head_channels,
     )
-    if to_cache and task == "segmentation" and model in _backbone_presets():
-        raise ValueError(
-            "`--cache` of a segmentation checkpoint needs a segmenter preset (e.g. "
-            f"{model}_ade20k), not the backbone preset {model!r}."
-        )
+    _load_strictly(
+        keras_model, state, f"{os.fspath(src)!r}", f"{task} model {_describe(model, config)}"
+    )
+    _check_outputs(keras_model)
+    if preset_dir is None:
+        atomic_write(target, keras_model.save_weights, ".weights.h5")
+    else:
+        preset_io.save_to_preset(keras_model, target)
+    return target
+
+
+def _check_target(dst, preset_dir, overwrite):
+    """The path to write: `dst` (a `.weights.h5` file) or `preset_dir`, checked before the work."""
+    if (dst is None) == (preset_dir is None):
+        raise ValueError("Give exactly one of DST (a `.weights.h5` path) and `--preset-dir`.")
+    if preset_dir is not None:
+        preset_dir = os.fspath(preset_dir)
+        if os.path.exists(preset_dir) and not os.path.isdir(preset_dir):
+            raise ValueError(f"`--preset-dir` {preset_dir!r} exists and is not a folder.")
+        held = (preset_io.CONFIG_FILE, preset_io.WEIGHTS_FILE, preset_io.METADATA_FILE)
+        if not overwrite and any(os.path.exists(os.path.join(preset_dir, f)) for f in held):
+            raise FileExistsError(
+                f"{preset_dir!r} already holds a preset; pass `--overwrite` to replace it."
+            )
+        return preset_dir
+    dst = os.fspath(dst)
+    if not dst.endswith(".weights.h5"):
+        raise ValueError(f"DST must end with `.weights.h5`, got {dst!r}.")
+    if os.path.exists(dst) and not overwrite:
+        raise FileExistsError(f"{dst!r} exists; pass `--overwrite` to replace it.")
+    return dst
+
+
+def _load_strictly(model, state, source, described):
+    """Loads `state` into `model`; every model weight must be set and no parameter left over.
+
+    Only the checkpoint's auxiliary head may be left over, when `model` has none.
+    """
     try:
-        result = load_torch_state_dict(keras_model, state, strict=True)
+        result = load_torch_state_dict(model, state, strict=True)
     except ValueError as error:
-        raise ValueError(
-            f"{os.fspath(src)!r} does not fit the {task} model {_describe(model, config)}: {error}"
-        ) from None
-    has_aux = any(layer.name == "auxiliary_head" for layer in keras_model.layers)
+        raise ValueError(f"{source} does not fit the {described}: {error}") from None
+    has_aux = any(layer.name == "auxiliary_head" for layer in model.layers)
     ignorable = () if has_aux else ("auxiliary_head.",)
     leftover = [n for n in result.unexpected if not n.startswith(ignorable)]
     if leftover:
         shown = ", ".join(leftover[:10]) + (" ..." if len(leftover) > 10 else "")
         raise ValueError(
-            f"{os.fspath(src)!r} has {len(leftover)} parameters that the {task} model "
-            f"{_describe(model, config)} has no place for (a checkpoint of another variant?): "
-            f"{shown}"
+            f"{source} has {len(leftover)} parameters that the {described} has no place for (a "
+            f"checkpoint of another variant?): {shown}"
         )
-    _check_outputs(keras_model)
-    _save_atomically(keras_model, dst)
-    if to_cache:
-        digest = cache.write_sha256_sidecar(dst)
-        logger.info("Cached %s (sha256 %s).", dst, digest)
-    return dst
 
 
 def _check_outputs(model):
@@ -222,27 +238,6 @@ def _check_outputs(model):
                 "The converted model gives non-finite outputs on a random image; the checkpoint "
                 "holds NaN/inf values or does not belong to this architecture."
             )
-
-
-def _save_atomically(model, dst):
-    parent = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        dir=parent, prefix=f".{os.path.basename(dst)}.", suffix=".tmp.weights.h5"
-    )
-    os.close(fd)
-    try:
-        model.save_weights(tmp, overwrite=True)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _backbone_presets():
-    from keras_hrvit.models.presets import BACKBONE_PRESETS
-
-    return BACKBONE_PRESETS
 
 
 def _backbone_from_config(backbone_class, config):
@@ -329,10 +324,11 @@ def _positive_int(text):
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m keras_hrvit.convert",
-        description="Convert a checkpoint of the original HRViT code to Keras weights.",
+        description="Convert a checkpoint of the original HRViT code to Keras weights or a "
+        "preset folder.",
     )
     parser.add_argument("src", help="checkpoint: .pth/.pt (needs torch), .npz or .safetensors")
-    parser.add_argument("dst", nargs="?", help="output .weights.h5 (omit with --cache)")
+    parser.add_argument("dst", nargs="?", help="output .weights.h5 (omit with --preset-dir)")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", help="preset: hrvit_b1..b3 or a segmenter preset")
     which.add_argument("--config", help="HRViTBackbone arguments as JSON text or a JSON file")
@@ -344,8 +340,15 @@ def main(argv=None):
         help="head width (segmentation) or 4 comma-separated widths (classification)",
     )
     parser.add_argument("--ema", action="store_true", help="use a timm checkpoint's EMA weights")
-    parser.add_argument("--cache", action="store_true", help="write into the preset cache")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+    parser.add_argument(
+        "--preset-dir",
+        metavar="DIR",
+        help="write the model as a preset folder (config.json, model.weights.h5, metadata.json) "
+        "for from_preset(DIR), instead of DST",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing DST or preset folder"
+    )
     parser.add_argument(
         "--trust-pickle",
         action="store_true",
@@ -364,7 +367,7 @@ def main(argv=None):
             head_channels=args.head_channels,
             ema=args.ema,
             trust_pickle=args.trust_pickle,
-            to_cache=args.cache,
+            preset_dir=args.preset_dir,
             overwrite=args.overwrite,
         )
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:

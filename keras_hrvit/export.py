@@ -1,7 +1,7 @@
 """Export to a TensorFlow SavedModel or an ONNX file that serves raw `uint8` images.
 
-The serving function takes a batch of `uint8` images of any height and width, normalizes them
-inside (ImageNet mean and std, as in training), and returns class probabilities (classifier) or
+The serving function takes a batch of `uint8` images of any height and width (the models
+normalize them inside their graph) and returns class probabilities (classifier) or
 per-pixel class ids at the input resolution (segmenter). Loading it needs only TensorFlow:
 
     served = tf.saved_model.load("exported")
@@ -23,9 +23,9 @@ import sys
 import tempfile
 
 import keras
-import numpy as np
 
-from keras_hrvit.data.constants import IMAGENET_MEAN, IMAGENET_STD
+from keras_hrvit.files import atomic_write
+from keras_hrvit.validation import check_choice
 
 TASKS = ("classification", "segmentation")
 
@@ -82,8 +82,7 @@ def export_onnx(model, path, task=None, opset=18, verbose=True):
 
 def _export(model, path, task, format, verbose, opset=18):
     task = task or infer_task(model)
-    if task not in TASKS:
-        raise ValueError(f"Unknown task {task!r}; known tasks: {', '.join(TASKS)}.")
+    check_choice("task", task, TASKS)
     path = os.fspath(path)
     if os.path.exists(path):
         raise FileExistsError(f"{path!r} exists; export writes a new file or directory.")
@@ -98,17 +97,18 @@ def _export(model, path, task, format, verbose, opset=18):
                 command.append("--quiet")
             subprocess.run(command, check=True, env=env)
         return path
-    # Write next to the target and rename, so an interrupted export leaves nothing half-written.
+    if format == "onnx":
+        atomic_write(path, lambda tmp: _write_onnx(model, tmp, task, opset), ".onnx")
+        if verbose:
+            print(f"Wrote ONNX (opset {opset}) with input 'images': uint8 (batch, H, W, 3).")
+        return path
+    # A SavedModel is a folder: write it next to the target and rename it whole, so an
+    # interrupted export leaves nothing half-written.
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=parent) as tmp:
         staging = os.path.join(tmp, os.path.basename(path))
-        if format == "onnx":
-            _write_onnx(model, staging, task, opset)
-            if verbose:
-                print(f"Wrote ONNX (opset {opset}) with input 'images': uint8 (batch, H, W, 3).")
-        else:
-            _write_saved_model(model, staging, task, verbose)
+        _write_saved_model(model, staging, task, verbose)
         os.replace(staging, path)
     return path
 
@@ -116,22 +116,13 @@ def _export(model, path, task, format, verbose, opset=18):
 def _serving_function(model, task):
     import tensorflow as tf
 
-    from keras_hrvit.layers.common import resize_bilinear
-
-    # NumPy, not tf.constant: an eager tensor would be captured as an extra ONNX graph input.
-    mean = np.asarray(IMAGENET_MEAN, np.float32)
-    std = np.asarray(IMAGENET_STD, np.float32)
-
     def serve(images):
-        x = (tf.cast(images, tf.float32) - mean) / std
-        outputs = model(x, training=False)
+        outputs = model(tf.cast(images, tf.float32), training=False)
         if isinstance(outputs, (list, tuple)):
-            outputs = outputs[0]
+            outputs = outputs[0]  # the auxiliary head's output serves no one
         if task == "classification":
             return outputs
-        shape = tf.shape(images)
-        logits = resize_bilinear(outputs, (shape[1], shape[2]))
-        return tf.argmax(logits, axis=-1, output_type=tf.int32)
+        return tf.argmax(outputs, axis=-1, output_type=tf.int32)
 
     signature = [tf.TensorSpec(shape=(None, None, None, 3), dtype=tf.uint8, name="images")]
     return serve, signature

@@ -1,9 +1,9 @@
 """Backend-agnostic segmentation inference: whole-image, sliding-window, flip and multi-scale.
 
 The functions here take any callable that maps a float32 NHWC batch to NHWC logits at any
-resolution (the HRViT segmenter outputs 1/4 of its input) and return logits at the input image
-size. They run eagerly (Python loops over windows and views), use `keras.ops` only, and work
-with the TensorFlow, JAX and PyTorch backends.
+resolution (HRViT segmenters give theirs at the input size already) and return logits at the
+input image size. They run eagerly (Python loops over windows and views), use `keras.ops`
+only, and work with the TensorFlow, JAX and PyTorch backends.
 
 Example:
 
@@ -23,6 +23,7 @@ import numpy as np
 from keras import ops
 
 from keras_hrvit.layers.common import resize_bilinear
+from keras_hrvit.presets import IMAGENET_MEAN
 
 _MODES = ("whole", "slide")
 _MERGES = ("probs", "logits")
@@ -154,14 +155,15 @@ def _whole(model, x, num_classes, progress):
     return resize_logits(out, x.shape[1:3])
 
 
-def _slide(model, x, crop_size, stride, num_classes, windows_per_call, progress):
+def _slide(model, x, crop_size, stride, num_classes, windows_per_call, progress, pad_value):
     batch, height, width, _ = x.shape
     crop_h, crop_w = crop_size
-    # Images smaller than the crop are zero-padded at the bottom/right so every window has the
+    # Images smaller than the crop are padded at the bottom/right so every window has the
     # crop size: models with fixed window partitions accept it, and jit backends compile once.
     pad_h, pad_w = max(crop_h - height, 0), max(crop_w - width, 0)
     if pad_h or pad_w:
-        x = ops.pad(x, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
+        value = ops.convert_to_tensor(np.asarray(pad_value, "float32"))
+        x = ops.pad(x - value, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]]) + value
     padded_h, padded_w = height + pad_h, width + pad_w
     boxes = slide_windows((padded_h, padded_w), crop_size, stride)
     crop_shape = (batch, crop_h, crop_w, x.shape[-1])
@@ -210,18 +212,20 @@ def predict_logits(
     windows_per_call=1,
     progress=False,
     return_numpy=True,
+    pad_value=IMAGENET_MEAN,
 ):
     """Segmentation logits at the input image size, MMSeg-style.
 
     Args:
         model: callable (a Keras model or any function) mapping a float32 NHWC batch to NHWC
             logits at any resolution; a list/tuple output uses its first element.
-        images: (B, H, W, C) or (H, W, C) array/tensor, already normalized as the model expects.
+        images: (B, H, W, C) or (H, W, C) array/tensor as the model takes it (0-255 pixels,
+            uint8 or float, for this package's models).
         mode: `"whole"` runs the model on the full image and resizes its logits to the image
             size; `"slide"` runs it on `crop_size` windows placed as in MMSeg's
             `slide_inference`, resizes each window's logits to the window size and averages
-            overlaps. Images smaller than the crop are zero-padded bottom/right to the crop size
-            and the padding is cut from the result.
+            overlaps. Images smaller than the crop are padded bottom/right with `pad_value` to
+            the crop size and the padding is cut from the result.
         crop_size: window size for `"slide"`, int or (height, width).
         stride: window step for `"slide"`, int or (height, width), at most `crop_size`;
             defaults to `crop_size` (no overlap).
@@ -238,6 +242,9 @@ def predict_logits(
             (each contributes the whole image batch).
         progress: show a `tqdm` progress bar over model calls.
         return_numpy: return a NumPy array instead of a backend tensor.
+        pad_value: the pixel (a scalar or one value per channel) that pads images smaller
+            than the crop; the ImageNet mean, which the models normalize to 0 as MMSegmentation
+            pads its normalized images.
 
     Returns:
         float32 logits of shape (B, H, W, K), or (H, W, K) for a single unbatched image.
@@ -328,7 +335,14 @@ def predict_logits(
                         out = _whole(model, view, num_classes, bar)
                     else:
                         out = _slide(
-                            model, view, crop_size, stride, num_classes, windows_per_call, bar
+                            model,
+                            view,
+                            crop_size,
+                            stride,
+                            num_classes,
+                            windows_per_call,
+                            bar,
+                            pad_value,
                         )
                     if flipped:
                         out = ops.flip(out, axis=2)

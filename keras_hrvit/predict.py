@@ -4,24 +4,23 @@
         [--mode whole|slide --crop-size S --stride T]
 
 For each image, writes `<stem>_classes.png` (uint8 class ids) and `<stem>_overlay.png` (class
-colors blended on the image). MODEL is a `.keras` file (images are normalized with the ImageNet
-mean and std here) or a SavedModel directory from `keras_hrvit.export` (whose `serve` endpoint
-takes the raw uint8 image; whole-image inference only). Outputs are written to temporary files
-and renamed, so an image that fails leaves no partial output.
+colors blended on the image). MODEL is a `.keras` file or a SavedModel directory from
+`keras_hrvit.export` (whole-image inference only); both take the raw uint8 image. Outputs
+are written to temporary files and renamed (`keras_hrvit.files.atomic_write`), so an image that
+fails leaves no partial output.
 """
 
 import argparse
 import os
 import sys
-import tempfile
 
 import numpy as np
 from PIL import Image
 
+from keras_hrvit.files import atomic_write
+from keras_hrvit.validation import check_choice, check_number
 from keras_hrvit.visualize import colorize
 
-IMAGENET_MEAN = np.array([123.675, 116.28, 103.53], "float32")
-IMAGENET_STD = np.array([58.395, 57.12, 57.375], "float32")
 MODES = ("whole", "slide")
 
 
@@ -32,8 +31,7 @@ def overlay(image, classes, alpha=0.5):
     >>> overlay(np.zeros((4, 4, 3), "uint8"), np.ones((4, 4), "int32")).shape
     (4, 4, 3)
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"`alpha` must be in [0, 1], got {alpha}.")
+    check_number("alpha", alpha, 0, 1)
     if image.shape[:2] != classes.shape:
         raise ValueError(f"Image {image.shape[:2]} and class map {classes.shape} sizes differ.")
     colors = colorize(classes).astype("float32")
@@ -64,8 +62,7 @@ class Segmenter:
 
     def __init__(self, path, mode="whole", crop_size=None, stride=None):
         path = os.fspath(path)
-        if mode not in MODES:
-            raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}.")
+        check_choice("mode", mode, MODES)
         if mode == "slide" and crop_size is None:
             raise ValueError("`mode='slide'` needs `crop_size`.")
         self.mode, self.crop_size, self.stride = mode, crop_size, stride
@@ -108,9 +105,12 @@ class Segmenter:
         else:
             from keras_hrvit.inference import predict_classes
 
-            x = (image.astype("float32") - IMAGENET_MEAN) / IMAGENET_STD
             classes = predict_classes(
-                self._model, x[None], mode=self.mode, crop_size=self.crop_size, stride=self.stride
+                self._model,
+                image[None],
+                mode=self.mode,
+                crop_size=self.crop_size,
+                stride=self.stride,
             )[0]
         if classes.min() < 0 or classes.max() > 255:
             raise ValueError("Class ids outside 0..255 do not fit a uint8 PNG.")
@@ -121,25 +121,23 @@ def segment_file(segmenter, image_path, out_dir, alpha=0.5):
     """Writes `<stem>_classes.png` and `<stem>_overlay.png` of one image; returns both paths."""
     image = read_image(image_path)
     classes = segmenter(image)
+    colored = overlay(image, classes, alpha)
     stem = os.path.splitext(os.path.basename(image_path))[0]
-    outputs = {
-        os.path.join(out_dir, f"{stem}_classes.png"): classes,
-        os.path.join(out_dir, f"{stem}_overlay.png"): overlay(image, classes, alpha),
-    }
-    staged = []
-    try:
-        for final, array in outputs.items():
-            fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{stem}.", suffix=".png")
-            os.close(fd)
-            staged.append((tmp, final))
-            Image.fromarray(array).save(tmp, format="PNG")
-        for tmp, final in staged:
-            os.replace(tmp, final)
-    finally:
-        for tmp, _ in staged:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    return list(outputs)
+    classes_path = os.path.join(out_dir, f"{stem}_classes.png")
+    overlay_path = os.path.join(out_dir, f"{stem}_overlay.png")
+
+    def write_both(classes_tmp):
+        # Both PNGs are encoded before either name appears: the overlay is moved into place
+        # while the class map still waits under its temporary name, moved right after.
+        _save_png(classes, classes_tmp)
+        atomic_write(overlay_path, lambda tmp: _save_png(colored, tmp), ".png")
+
+    atomic_write(classes_path, write_both, ".png")
+    return [classes_path, overlay_path]
+
+
+def _save_png(array, path):
+    Image.fromarray(array).save(path, format="PNG")
 
 
 def main(argv=None):

@@ -231,8 +231,7 @@ def main(argv):
     if task == "cli":
         from reference import MICRO_CONFIG
 
-        from keras_hrvit import train
-        from keras_hrvit.models import presets
+        from keras_hrvit import presets, train
 
         # The micro HRViT as presets, as in tests/test_train_segmentation.py.
         presets.BACKBONE_PRESETS["test_micro"] = dict(MICRO_CONFIG)

@@ -1,4 +1,4 @@
-"""Converting checkpoints of the original code (fixture state dicts) and the preset cache."""
+"""Converting checkpoints of the original code (fixture state dicts) into weights and presets."""
 
 import argparse
 import json
@@ -11,8 +11,7 @@ from reference import nhwc, reference, state_dict, tiny_backbone, tiny_config
 
 import keras_hrvit
 from keras_hrvit.convert import main
-from keras_hrvit.models import presets
-from keras_hrvit.weights import CheckpointError, cache, read_checkpoint
+from keras_hrvit.weights import CheckpointError, load_weights_into, read_checkpoint
 
 # Minutes per backend (full conversions); run with `make test-slow`.
 pytestmark = pytest.mark.slow
@@ -21,7 +20,8 @@ SIZE = "224x224"
 
 
 def _config_json():
-    return json.dumps(tiny_config()[0])
+    # The fixture holds normalized images: the models' own normalization stays off.
+    return json.dumps(dict(tiny_config()[0], include_preprocessing=False))
 
 
 def _classification_state():
@@ -75,13 +75,14 @@ def _truncate(path):
 
 def _classifier(weights):
     _, raw = tiny_config()
-    return keras_hrvit.HRViTClassifier(
-        tiny_backbone(),
+    model = keras_hrvit.HRViTClassifier(
+        tiny_backbone(include_preprocessing=False),
         classes=10,
         head_channels=raw["head_channels"],
         classifier_activation=None,
-        weights=weights,
     )
+    load_weights_into(model, weights)
+    return model
 
 
 def _assert_classifier_matches(model):
@@ -90,7 +91,9 @@ def _assert_classifier_matches(model):
 
 
 def _assert_segmenter_matches(model):
-    logits = keras.ops.convert_to_numpy(model(nhwc(reference()[f"in/{SIZE}"]), training=False))
+    # The reference is the head's output at 1/4; the segmenter resizes it to the image.
+    features = model.backbone(nhwc(reference()[f"in/{SIZE}"]), training=False)
+    logits = keras.ops.convert_to_numpy(model.decode_head(features, training=False))
     np.testing.assert_allclose(logits, nhwc(reference()[f"seglogits/{SIZE}"]), atol=TOLERANCE)
 
 
@@ -108,8 +111,10 @@ def test_mmseg_checkpoint_converts_and_matches_reference(tmp_path):
     _save_torch(src, {"meta": {"iter": 160000}, "state_dict": _mmseg_state()})
     # Task, number of classes, head type and width are all read from the checkpoint.
     main([str(src), str(dst), "--config", _config_json()])
-    model = keras_hrvit.HRViTSegmenter(tiny_backbone(), num_classes=7, head_channels=24)
-    keras_hrvit.weights.load_weights_into(model, str(dst))
+    model = keras_hrvit.HRViTSegmenter(
+        tiny_backbone(include_preprocessing=False), num_classes=7, head_channels=24
+    )
+    load_weights_into(model, str(dst))
     _assert_segmenter_matches(model)
 
 
@@ -162,36 +167,39 @@ def test_checkpoint_of_another_task_is_a_clear_error(tmp_path):
     assert os.listdir(tmp_path) == [src.name]
 
 
-@pytest.fixture
-def tiny_preset(monkeypatch, tmp_path):
-    # A preset of the fixture's size, so the cache is exercised without a full-size model.
-    monkeypatch.setitem(presets.BACKBONE_PRESETS, "hrvit_tiny", tiny_config()[0])
-    monkeypatch.setenv("KERAS_HRVIT_HOME", str(tmp_path / "cache"))
-    return "hrvit_tiny"
+def test_preset_dir_loads_with_from_preset_and_refuses_corrupted_weights(tmp_path):
+    # A bare classification state dict in .npz, converted into a preset folder.
+    src, preset = tmp_path / "ckpt.npz", tmp_path / "classifier"
+    np.savez(src, **_classification_state())
+    args = [str(src), "--config", _config_json(), "--preset-dir", str(preset)]
+    assert main(args) == str(preset)
+    assert sorted(os.listdir(preset)) == ["config.json", "metadata.json", "model.weights.h5"]
+    classifier = keras_hrvit.HRViTClassifier.from_preset(str(preset), classifier_activation=None)
+    _assert_classifier_matches(classifier)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        main(args)
+
+    # An MMSegmentation checkpoint: head type, width and classes come from the checkpoint.
+    src, preset = tmp_path / "seg.npz", tmp_path / "segmenter"
+    np.savez(src, **_mmseg_state())
+    main([str(src), "--config", _config_json(), "--preset-dir", str(preset)])
+    _assert_segmenter_matches(keras_hrvit.HRViTSegmenter.from_preset(str(preset)))
+    with pytest.raises(ValueError, match="holds a .*not a HRViTSegmenter"):
+        keras_hrvit.HRViTSegmenter.from_preset(str(tmp_path / "classifier"))
+
+    weights = preset / "model.weights.h5"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="SHA-256"):
+        keras_hrvit.HRViTSegmenter.from_preset(str(preset))
 
 
-def test_missing_preset_file_says_where_and_how(tiny_preset):
-    path = cache.preset_weights_path("hrvit_b1_ade20k")
-    with pytest.raises(FileNotFoundError) as info:
-        cache.resolve_preset_weights("hrvit_b1_ade20k")
-    assert path in str(info.value)
-    assert "python -m keras_hrvit.convert CHECKPOINT.pth --model hrvit_b1_ade20k --cache" in str(
-        info.value
-    )
-    with pytest.raises(FileNotFoundError, match="hrvit_tiny.weights.h5"):
-        _classifier(tiny_preset)
-
-
-def test_preset_cache_round_trip_and_sha_mismatch(tiny_preset, tmp_path):
-    # A bare state dict in .npz, converted into the cache and loaded by preset name.
+def test_dst_and_preset_dir_are_exclusive(tmp_path):
     src = tmp_path / "ckpt.npz"
     np.savez(src, **_classification_state())
-    path = main([str(src), "--model", tiny_preset, "--cache"])
-    assert path == cache.preset_weights_path(tiny_preset)
-    assert os.path.exists(path + ".sha256")
-    _assert_classifier_matches(_classifier(tiny_preset))
-
-    with open(path, "ab") as f:
-        f.write(b"tampered")
-    with pytest.raises(ValueError, match="SHA-256"):
-        _classifier(tiny_preset)
+    both = [str(src), str(tmp_path / "out.weights.h5"), "--preset-dir", str(tmp_path / "p")]
+    for args in (both, [str(src)]):
+        with pytest.raises(ValueError, match="exactly one of DST"):
+            main([*args, "--config", _config_json()])
+    assert os.listdir(tmp_path) == [src.name]

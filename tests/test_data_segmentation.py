@@ -11,8 +11,8 @@ from keras_hrvit.data import (
     ADE20K_CLASSES,
     CITYSCAPES_CLASSES,
     IGNORE_LABEL,
+    IMAGENET_MEAN,
     SHAPES_CLASSES,
-    denormalize,
     generate_shapes,
     load_ade20k,
     load_cityscapes,
@@ -23,6 +23,13 @@ from keras_hrvit.data import (
 )
 
 # --- shapes dataset ------------------------------------------------------------------------------
+
+
+MEAN_PIXEL = np.array(IMAGENET_MEAN, np.float32)
+
+
+def _as_uint8(images):
+    return np.clip(np.rint(np.asarray(images)), 0, 255).astype(np.uint8)
 
 
 def test_shapes_deterministic_disjoint_and_complete():
@@ -170,18 +177,21 @@ def test_train_pipeline_keeps_image_and_mask_aligned():
         assert images.dtype == tf.float32 and images.shape == (12, 64, 64, 3)
         assert masks.dtype == tf.int32 and masks.shape == (12, 64, 64)
         for image, mask in zip(images.numpy(), masks.numpy()):
-            # 255 only in a bottom/right padding band, where the normalized image is exactly 0.
+            # 255 only in a bottom/right padding band, where the image is the mean pixel (0 once
+            # the model normalizes it).
             valid = mask != IGNORE_LABEL
             rows, cols = valid.any(1), valid.any(0)
             vh, vw = rows.sum(), cols.sum()
             assert rows[:vh].all() and cols[:vw].all()
             assert valid[:vh, :vw].all() and not valid[vh:].any() and not valid[:, vw:].any()
-            assert np.all(image[~valid] == 0.0)
+            np.testing.assert_allclose(
+                image[~valid], np.broadcast_to(MEAN_PIXEL, image[~valid].shape), atol=1e-4
+            )
             padded += vh < 64 or vw < 64
             flipped_or_scaled += vh < 64 or vw < 64 or not np.all(mask[:8, :8] == mask[0, 0])
 
             inside = _interior(mask) & valid
-            predicted = _class_from_colour(denormalize(image))
+            predicted = _class_from_colour(_as_uint8(image))
             agreement = np.mean(predicted[inside] == mask[inside])
             assert agreement > 0.995, agreement
             checked += inside.sum()
@@ -290,13 +300,13 @@ def test_pipeline_argument_validation():
 # --- evaluation pipeline -------------------------------------------------------------------------
 
 
-def test_eval_pipeline_resizes_normalizes_and_pads():
+def test_eval_pipeline_resizes_and_pads():
     ds = _colour_coded_dataset(3, height=40, width=64)
     raw = list(ds.as_numpy_iterator())
 
     images, masks = next(iter(segmentation_eval_pipeline(ds, batch_size=3)))
     assert images.shape == (3, 40, 64, 3) and masks.dtype == tf.int32
-    np.testing.assert_array_equal(denormalize(images), np.stack([r[0] for r in raw]))
+    np.testing.assert_array_equal(_as_uint8(images), np.stack([r[0] for r in raw]))
     np.testing.assert_array_equal(masks.numpy(), np.stack([r[1] for r in raw]))
 
     # Fit into (128, 96): factor min(128 / 64, 96 / 40) = 2; masks stay at label resolution.
@@ -308,16 +318,18 @@ def test_eval_pipeline_resizes_normalizes_and_pads():
     )
     assert images.shape == (1, 96, 128, 3) and masks.shape == (1, 96, 128)
     mask = masks.numpy()[0]
-    assert np.all(mask[80:] == IGNORE_LABEL) and np.all(images.numpy()[0, 80:] == 0.0)
+    assert np.all(mask[80:] == IGNORE_LABEL)
+    np.testing.assert_allclose(images.numpy()[0, 80:], np.broadcast_to(MEAN_PIXEL, (16, 128, 3)))
     np.testing.assert_array_equal(mask[:80:2, ::2], raw[0][1])  # nearest, exact 2x upscale
 
-    # Different sizes in one batch are padded with 0 / ignore.
+    # Different sizes in one batch are padded with the mean pixel / ignore.
     mixed = ds.take(1).concatenate(_colour_coded_dataset(1, height=32, width=48))
     images, masks = next(iter(segmentation_eval_pipeline(mixed, batch_size=2)))
     assert images.shape == (2, 40, 64, 3)
     assert np.all(masks.numpy()[1, 32:] == IGNORE_LABEL)
     assert np.all(masks.numpy()[1, :, 48:] == IGNORE_LABEL)
     assert np.all(masks.numpy()[1, :32, :48] != IGNORE_LABEL)
+    np.testing.assert_allclose(images.numpy()[1, 32:], np.broadcast_to(MEAN_PIXEL, (8, 64, 3)))
 
 
 # --- loaders -------------------------------------------------------------------------------------

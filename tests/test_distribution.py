@@ -39,7 +39,7 @@ from distribution_worker import LEARNING_RATE, MICRO_SEGMENTER, STEPS
 from reference import MICRO_CONFIG
 
 import keras_hrvit
-from keras_hrvit import train
+from keras_hrvit import presets, train
 from keras_hrvit.distribution import (
     check_distribution,
     check_gradient_clipping,
@@ -49,7 +49,6 @@ from keras_hrvit.distribution import (
     shardable_batches,
 )
 from keras_hrvit.layers.common import synchronized_batch_norm
-from keras_hrvit.models import presets
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(TESTS, "distribution_worker.py")

@@ -65,6 +65,7 @@ def test_segformer_parameter_counts_match_the_original(preset, overrides, count)
 @pytest.mark.slow
 def test_variant_functions_build_the_preset_classifier():
     model = keras_hrvit.HRViTB1(classes=7, input_shape=(64, 64, 3), classifier_activation=None)
+    assert isinstance(model, keras_hrvit.HRViTClassifier)
     assert model.name == "hrvit_b1" and model.output_shape == (None, 7)
     pooled = keras_hrvit.HRViTB1(include_top=False, pooling="avg")
     assert pooled.output_shape == (None, 2048)
@@ -82,14 +83,14 @@ def test_fit_decreases_the_loss_in_train_mode():
         classifier_activation=None,
         dropout=0.1,
     )
-    images = np.random.rand(8, 32, 32, 3).astype("float32")
+    images = (255 * np.random.rand(8, 32, 32, 3)).astype("float32")
     labels = np.arange(8) % 3
     model.compile(
         keras.optimizers.Adam(3e-3),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         **fast_compile_kwargs(),
     )
-    bn = model.get_layer("stem").bn1
+    bn = model.backbone.get_layer("stem").bn1
     history = model.fit(images, labels, batch_size=4, epochs=8, verbose=0, shuffle=False)
     losses = history.history["loss"]
     assert losses[-1] < 0.7 * losses[0], losses
@@ -97,18 +98,25 @@ def test_fit_decreases_the_loss_in_train_mode():
     assert not np.allclose(keras.ops.convert_to_numpy(bn.moving_mean), 0.0)
 
 
-def test_segmenter_predict_returns_class_maps_at_input_size():
+def test_segmenter_call_and_predict_give_logits_at_input_size():
     model = keras_hrvit.HRViTSegmenter(tiny_backbone(), num_classes=5, head_channels=8)
-    maps = model.predict(np.random.rand(2, 70, 90, 3).astype("float32"), verbose=0)
-    assert maps.shape == (2, 70, 90) and maps.dtype == np.int32
-    assert maps.min() >= 0 and maps.max() < 5
-    assert tuple(model(np.zeros((1, 64, 96, 3))).shape) == (1, 16, 24, 5)
+    images = np.random.default_rng(0).integers(0, 256, (2, 70, 90, 3)).astype("uint8")
+    logits = model.predict(images, verbose=0)
+    assert logits.shape == (2, 70, 90, 5) and logits.dtype == np.float32
+    called = keras.ops.convert_to_numpy(model(images, training=False))
+    np.testing.assert_allclose(called, logits, atol=1e-5)
+    # The head works at 1/4 and its logits are resized as MMSegmentation resizes them.
+    features = model.backbone(images, training=False)
+    quarter = model.decode_head(features, training=False)
+    assert tuple(quarter.shape) == (2, 18, 23, 5)
+    resized = keras.ops.image.resize(quarter, (70, 90), interpolation="bilinear", antialias=False)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(resized), logits, atol=1e-5)
 
 
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(ValueError, match="Unknown backbone preset 'hrvit_b4'.*hrvit_b1, hrvit_b2"):
         keras_hrvit.HRViTBackbone.from_preset("hrvit_b4")
-    with pytest.raises(ValueError, match="Unknown segmenter preset.*hrvit_b1_ade20k"):
+    with pytest.raises(ValueError, match="Unknown preset 'hrvit_b1_voc'.*hrvit_b1_ade20k"):
         keras_hrvit.HRViTSegmenter.from_preset("hrvit_b1_voc")
 
 
@@ -133,11 +141,20 @@ def test_weights_of_another_variant_are_a_clear_error(tmp_path):
         tiny_backbone(channels=(16, 32, 48, 96)), classes=10, head_channels=(4, 4, 4, 4)
     )
     other.save_weights(path)
+    model = keras_hrvit.HRViTClassifier(tiny_backbone(), classes=10, head_channels=(4, 4, 4, 4))
     with pytest.raises(ValueError, match="does not fit model.*First mismatch"):
-        keras_hrvit.HRViTClassifier(
-            tiny_backbone(), classes=10, head_channels=(4, 4, 4, 4), weights=path
-        )
-    with pytest.raises(ValueError, match=r"must be None, the path of a `\.weights\.h5`.*hrvit_b1"):
+        keras_hrvit.weights.load_weights_into(model, path)
+    with pytest.raises(ValueError, match=r"`weights` must be None, a `\.weights\.h5`.*'imagenet'"):
         keras_hrvit.HRViTB1(weights="imagenet")
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        keras_hrvit.HRViTClassifier(tiny_backbone(), weights=str(tmp_path / "no.weights.h5"))
+        keras_hrvit.HRViTB1(weights=str(tmp_path / "no.weights.h5"))
+
+
+def test_variant_functions_take_a_preset_folder_as_weights(tmp_path):
+    model = keras_hrvit.HRViTB1(weights=None, classes=3)
+    for variable in model.weights[:3]:
+        variable.assign(np.full(variable.shape, 0.5, "float32"))
+    model.save_to_preset(tmp_path / "b1")
+    loaded = keras_hrvit.HRViTB1(weights=str(tmp_path / "b1"), classes=3)
+    for a, b in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)

@@ -14,7 +14,8 @@ TOLERANCE = 1e-4
 @pytest.fixture(scope="module")
 def classifier():
     _, raw = tiny_config()
-    backbone = tiny_backbone()
+    # The fixtures hold normalized images: the models' own normalization stays off.
+    backbone = tiny_backbone(include_preprocessing=False)
     model = keras_hrvit.HRViTClassifier(
         backbone, classes=10, head_channels=raw["head_channels"], classifier_activation=None
     )
@@ -25,7 +26,9 @@ def classifier():
 
 @pytest.fixture(scope="module")
 def segmenter():
-    model = keras_hrvit.HRViTSegmenter(tiny_backbone(), num_classes=7, head_channels=24)
+    model = keras_hrvit.HRViTSegmenter(
+        tiny_backbone(include_preprocessing=False), num_classes=7, head_channels=24
+    )
     # MMSegmentation's layout: backbone.* and decode_head.*, with a DataParallel prefix.
     weights = {f"module.backbone.{k}": v for k, v in state_dict("sd/").items() if "head." not in k}
     weights.update(state_dict("seg/"))
@@ -49,8 +52,37 @@ def test_backbone_and_classifier_match_reference(classifier, size):
 @pytest.mark.parametrize("size", SIZES)
 def test_segformer_head_matches_reference(segmenter, size):
     images = nhwc(reference()[f"in/{size}"])
-    logits = keras.ops.convert_to_numpy(segmenter(images, training=False))
+    # The reference is the head's output at 1/4; the segmenter resizes it to the image.
+    features = segmenter.backbone(images, training=False)
+    logits = keras.ops.convert_to_numpy(segmenter.decode_head(features, training=False))
     np.testing.assert_allclose(logits, nhwc(reference()[f"seglogits/{size}"]), atol=TOLERANCE)
+
+
+def _normalized(images):
+    mean = np.float32(keras_hrvit.presets.IMAGENET_MEAN)
+    std = np.float32(keras_hrvit.presets.IMAGENET_STD)
+    return (images.astype("float32") - mean) / std
+
+
+def test_models_take_uint8_images_as_the_normalized_path(classifier, segmenter):
+    """uint8 pixels in, the same outputs as the old path that normalized outside the model."""
+    images = np.random.default_rng(0).integers(0, 256, (2, 64, 80, 3)).astype("uint8")
+    _, reference_classifier = classifier
+    raw_classifier = keras_hrvit.HRViTClassifier(
+        tiny_backbone(),
+        classes=10,
+        head_channels=tiny_config()[1]["head_channels"],
+        classifier_activation=None,
+    )
+    raw_classifier.set_weights(reference_classifier.get_weights())
+    expected = keras.ops.convert_to_numpy(reference_classifier(_normalized(images)))
+    got = keras.ops.convert_to_numpy(raw_classifier(images))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+    raw_segmenter = keras_hrvit.HRViTSegmenter(tiny_backbone(), num_classes=7, head_channels=24)
+    raw_segmenter.set_weights(segmenter.get_weights())
+    expected = segmenter.predict(_normalized(images), verbose=0)
+    np.testing.assert_allclose(raw_segmenter.predict(images, verbose=0), expected, atol=1e-5)
 
 
 def test_backbone_loads_from_classification_checkpoint_and_reports_head():

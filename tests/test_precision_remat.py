@@ -29,8 +29,9 @@ def _train(remat=False, policy="float32"):
     previous = keras.mixed_precision.dtype_policy()
     keras.mixed_precision.set_dtype_policy(policy)
     try:
+        # The images are drawn normalized already, as when these tolerances were measured.
         model = keras_hrvit.HRViTClassifier(
-            micro_backbone(remat=remat),
+            micro_backbone(remat=remat, include_preprocessing=False),
             classes=3,
             head_channels=(4, 4, 4, 4),
             classifier_activation=None,
@@ -47,7 +48,7 @@ def _train(remat=False, policy="float32"):
         before = _values(model)
         losses, after = [], None
         for step in range(STEPS):
-            losses.append(float(model.train_on_batch(images, labels)))
+            losses.append(model.train_on_batch(images, labels, return_dict=True)["loss"])
             if step == 1:
                 after = _values(model)
         return {"losses": np.array(losses), "before": before, "after": after}
@@ -134,7 +135,7 @@ def test_remat_block_reuses_drop_path_masks_and_updates_statistics_once():
 )
 def test_remat_recomputes_each_block_in_the_backward_pass():
     def forward_calls_per_step(remat):
-        backbone = micro_backbone(remat=remat)
+        backbone = micro_backbone(remat=remat, include_preprocessing=False)
         model = keras_hrvit.HRViTClassifier(
             backbone, classes=3, head_channels=(4, 4, 4, 4), dropout=0.0
         )
@@ -175,8 +176,8 @@ def test_bfloat16_trains_like_float32_without_nans(reference):
 
 @pytest.mark.parametrize("kernel_size", [3, 5])
 def test_depthwise_conv_rounds_once_under_bfloat16(kernel_size):
-    """Like Keras's convolutions, HRViT's DepthwiseConv2D (on JAX a sum of shifted slices) sums
-    in float32 and rounds once. Summed in bfloat16, a 3x3 (5x5) convolution was 2.5x (3.7x) less
+    """HRViT's DepthwiseConv2D (on JAX a sum of shifted slices) sums in float32 and rounds
+    once. Summed in bfloat16, a 3x3 (5x5) convolution was 2.5x (3.7x) less
     accurate, and the micro classifier's first bfloat16 loss 10% from float32 instead of 3%."""
     x = np.random.default_rng(0).standard_normal((2, 16, 16, 32)).astype("float32")
     ours = DepthwiseConv2D(kernel_size, padding="same", use_bias=False, dtype="mixed_bfloat16")
@@ -204,8 +205,9 @@ def test_depthwise_conv_rounds_once_under_bfloat16(kernel_size):
     def error(layer):
         return np.linalg.norm(bfloat16(layer(x)) - exact) / np.linalg.norm(exact)
 
-    # One rounding to bfloat16 (2^-9): ~1.7e-3.
-    assert error(ours) < 1.2 * error(theirs) < 2.4e-3
+    # One rounding to bfloat16 (2^-9): ~1.7e-3. Keras's own layer rounds once on some backends
+    # only (TensorFlow 2.21's CPU kernel rounds its partial sums: 3.6e-3 for 3x3).
+    assert error(ours) < 2.4e-3 and error(ours) < 1.2 * error(theirs)
 
 
 def test_softmax_and_norms_stay_float32_under_mixed_precision():

@@ -133,7 +133,7 @@ def test_transfer_backbone_weights_to_segmenter(micro):
 
     # The segmenter's own head is untouched and the full model still runs.
     logits = segmenter(x, training=False)
-    assert tuple(logits.shape) == (2, SIZE // 4, SIZE // 4, 3)
+    assert tuple(logits.shape) == (2, SIZE, SIZE, 3)
 
 
 def test_transfer_backbone_weights_rejects_other_configs(micro):
@@ -175,15 +175,6 @@ def _expected_lr(step, lr, total, warmup):
     return floor + 0.5 * (lr - floor) * (1 + math.cos(math.pi * t / total))
 
 
-def _small_cnn():
-    inputs = keras.Input((SIZE, SIZE, 3))
-    x = keras.layers.Conv2D(8, 3, strides=2, name="conv")(inputs)
-    x = keras.layers.BatchNormalization(name="bn")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(NUM_CLASSES, name="predictions")(x)
-    return keras.Model(inputs, outputs)
-
-
 def _fit_kwargs(output_dir, **overrides):
     # 4 batches of 8 images; 2 steps per epoch (the finite dataset is repeated), 3 epochs, 1 of
     # warm-up: 6 steps, 2 of them warm-up.
@@ -204,16 +195,18 @@ def _fit_kwargs(output_dir, **overrides):
 def test_schedule_and_resume_on_mixed_labels(tmp_path, capsys):
     # Smoothed Mixup/CutMix targets go straight into the compiled loss.
     train = _train_data(num_images=32, batch_size=8, randaugment=False)
-    kwargs = _fit_kwargs(tmp_path)
+    kwargs = _fit_kwargs(tmp_path, **fast_compile_kwargs())
     lr = 0.128 * 8 / 1024
-    model = _small_cnn()
+    keras.utils.set_random_seed(2)
+    model, _ = _micro_classifier()
     with pytest.raises(RuntimeError, match="simulated crash"):
         task.train_classifier(model, train, callbacks=[_Interrupt()], **kwargs)
     assert "= 0.001" in capsys.readouterr().out
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 2
     assert os.path.isdir(tmp_path / "backup")
 
-    resumed = _small_cnn()
+    keras.backend.clear_session()
+    resumed, _ = _micro_classifier()
     recorder = _Recorder()
     history = task.train_classifier(resumed, train, callbacks=[recorder], **kwargs)
     assert recorder.epochs == [1, 2]
@@ -231,12 +224,10 @@ def test_schedule_and_resume_on_mixed_labels(tmp_path, capsys):
         assert got == pytest.approx(_expected_lr(step, lr, 6, 2), rel=1e-5), step
     assert resumed.optimizer.global_clipnorm == 1.0
     assert resumed.optimizer.weight_decay == pytest.approx(0.05)
-    assert set(resumed.optimizer.no_decay_paths) == {
-        "conv/bias",
-        "bn/gamma",
-        "bn/beta",
-        "predictions/bias",
-    }
+    # The paper's groups: no decay on normalization weights and biases (HRViT has no
+    # position embeddings), everything else decays at 0.05.
+    exempt = {v.path for v in resumed.trainable_variables if v.name in ("gamma", "beta", "bias")}
+    assert set(resumed.optimizer.no_decay_paths) == exempt
 
     records = json.loads((tmp_path / "history.json").read_text())
     assert [r["epoch"] for r in records] == [1, 2, 3]
@@ -263,37 +254,35 @@ def test_hrvit_trains_on_mixed_labels(tmp_path):
     assert os.path.exists(tmp_path / "checkpoints" / "last.keras")
 
 
-def _dense_model(activation=None):
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation=activation)])
-    return model
-
-
-def test_train_classifier_validates_arguments(tmp_path):
+def test_train_classifier_validates_arguments(micro, tmp_path):
+    model, _ = micro
+    labels = np.eye(NUM_CLASSES)[np.arange(8) % NUM_CLASSES].astype("float32")
     xy = tf.data.Dataset.from_tensor_slices(
-        (np.zeros((8, 4), "float32"), np.eye(3)[np.arange(8) % 3].astype("float32"))
+        (np.zeros((8, SIZE, SIZE, 3), "float32"), labels)
     ).batch(4, drop_remainder=True)
     common = dict(output_dir=str(tmp_path), epochs=2, batch_size=4, warmup_epochs=1)
-    with pytest.raises(ValueError, match="classifier_activation=None"):
-        task.train_classifier(_dense_model("softmax"), xy, **common)
+    dense = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    with pytest.raises(ValueError, match="must be an HRViTClassifier"):
+        task.train_classifier(dense, xy, **common)
     with pytest.raises(ValueError, match="warmup_epochs"):
-        task.train_classifier(_dense_model(), xy, **{**common, "warmup_epochs": 3})
+        task.train_classifier(model, xy, **{**common, "warmup_epochs": 3})
     with pytest.raises(ValueError, match="yields batches of 4"):
-        task.train_classifier(_dense_model(), xy, **{**common, "batch_size": 8})
+        task.train_classifier(model, xy, **{**common, "batch_size": 8})
     with pytest.raises(ValueError, match="steps_per_epoch"):
-        task.train_classifier(_dense_model(), xy.repeat(), **common)
+        task.train_classifier(model, xy.repeat(), **common)
     with pytest.raises(ValueError, match="set_dtype_policy"):
-        task.train_classifier(_dense_model(), xy, mixed_precision="mixed_bfloat16", **common)
+        task.train_classifier(model, xy, mixed_precision="mixed_bfloat16", **common)
     with pytest.raises(ValueError, match="mixed_precision"):
-        task.train_classifier(_dense_model(), xy, mixed_precision="float16", **common)
+        task.train_classifier(model, xy, mixed_precision="float16", **common)
     with pytest.raises(ValueError, match="epochs"):
-        task.train_classifier(_dense_model(), xy, **{**common, "epochs": 0})
+        task.train_classifier(model, xy, **{**common, "epochs": 0})
 
 
 def test_build_classifier_names_and_errors():
     assert "hrvit_tiny" in task.model_names() and "hrvit_b1" in task.model_names()
     assert task.scaled_learning_rate(1e-3, 256) == pytest.approx(2.5e-4)
-    with pytest.raises(ValueError, match="Unknown model 'hrvit_b9'"):
-        task.build_backbone("hrvit_b9")
+    with pytest.raises(ValueError, match="Unknown preset 'hrvit_b9'.*hrvit_b1"):
+        task.build_classifier("hrvit_b9", 3)
 
 
 # --- command line -------------------------------------------------------------------------

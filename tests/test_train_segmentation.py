@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 from reference import MICRO_CONFIG, fast_compile_flags
 
-from keras_hrvit import evaluate, train
+from keras_hrvit import evaluate, presets, train
 from keras_hrvit.data import SHAPES_CLASSES, load_shapes, segmentation_eval_pipeline
-from keras_hrvit.models import presets
 from keras_hrvit.tasks import segmentation as seg
 from keras_hrvit.training import WarmupPolyDecay
 from keras_hrvit.visualize import colorize, palette, segmentation_panel
@@ -99,10 +98,11 @@ def test_cli_run_writes_checkpoints_history_curves_and_model(trained_run):
     with open(trained_run / "train_args.json", encoding="utf-8") as f:
         assert json.load(f)["backend"] == keras.backend.backend()
 
-    model = keras.saving.load_model(trained_run / "model.keras", compile=False)
-    assert model.num_classes == 5
-    classes = model.predict(np.zeros((1, 64, 64, 3), "float32"), verbose=0)
-    assert classes.shape == (1, 64, 64)
+    # Loads after `import keras_hrvit` alone, optimizer and schedule included.
+    model = keras.saving.load_model(trained_run / "model.keras")
+    assert model.num_classes == 5 and model.optimizer.built
+    logits = model.predict(np.zeros((1, 64, 64, 3), "uint8"), verbose=0)
+    assert logits.shape == (1, 64, 64, 5)
 
 
 @pytest.mark.backend
@@ -188,10 +188,11 @@ def test_upernet_auxiliary_head_trains_one_step(micro_presets, tmp_path):
     assert train.main(argv) == 0
     record = _records(tmp_path)[-1]
     # Two outputs: Keras prefixes the main head's metric with its output name.
-    assert "decode_head_mean_iou" in record and np.isfinite(record["loss"])
+    assert "logits_mean_iou" in record and np.isfinite(record["loss"])
+    assert "auxiliary_logits_loss" in record
     model = keras.saving.load_model(tmp_path / "model.keras", compile=False)
     assert len(model.outputs) == 2
-    assert seg.mean_iou_key(model) == "val_decode_head_mean_iou"
+    assert seg.mean_iou_key(model) == "val_logits_mean_iou"
 
 
 # --- argument checks and helpers (no training) ---------------------------------------------------
@@ -236,10 +237,10 @@ def test_evaluate_rejects_missing_model(tmp_path, capsys):
 def test_build_segmenter_from_backbone_preset_and_errors(micro_presets):
     model = seg.build_segmenter("test_micro", num_classes=3, head="upernet")
     assert len(model.outputs) == 2 and model.num_classes == 3
-    assert seg.mean_iou_key(model) == "val_decode_head_mean_iou"
+    assert seg.mean_iou_key(model) == "val_logits_mean_iou"
     with pytest.raises(ValueError, match="needs `num_classes`"):
         seg.build_segmenter("test_micro")
-    with pytest.raises(ValueError, match="Segmenter presets: .*hrvit_tiny_shapes"):
+    with pytest.raises(ValueError, match="Unknown preset 'nope'.*hrvit_tiny_shapes"):
         seg.build_segmenter("nope", num_classes=3)
 
 

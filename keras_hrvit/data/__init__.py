@@ -1,16 +1,23 @@
-"""tf.data pipelines: embedded datasets, dataset loaders, segmentation and classification."""
+"""tf.data pipelines: embedded datasets, dataset loaders, segmentation and classification.
+
+Modules: `shapes` (embedded segmentation set), `loaders` (ADE20K, Cityscapes, image/mask
+folders), `segmentation` (the MMSegmentation train/eval pipelines), `classification_sources`
+(embedded classification set, image folders, tfds), `classification` (the DeiT/timm train/eval
+pipelines) and `randaugment` (timm's RandAugment).
+"""
 
 from keras_hrvit.data.classification import (
-    EMBEDDED_CLASSES,
     classification_eval_pipeline,
     classification_train_pipeline,
+)
+from keras_hrvit.data.classification_sources import (
+    EMBEDDED_CLASSES,
     generate_embedded_classification,
     load_classification_data,
     load_embedded_classification,
     load_image_folder,
     load_tfds_classification,
 )
-from keras_hrvit.data.constants import IGNORE_LABEL, IMAGENET_MEAN, IMAGENET_STD
 from keras_hrvit.data.loaders import (
     ADE20K_CLASSES,
     CITYSCAPES_CLASSES,
@@ -19,11 +26,11 @@ from keras_hrvit.data.loaders import (
     load_folder,
 )
 from keras_hrvit.data.segmentation import (
-    denormalize,
     segmentation_eval_pipeline,
     segmentation_train_pipeline,
 )
 from keras_hrvit.data.shapes import SHAPES_CLASSES, generate_shapes, load_shapes
+from keras_hrvit.presets import IGNORE_LABEL, IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "ADE20K_CLASSES",
@@ -40,7 +47,6 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "SHAPES_CLASSES",
-    "denormalize",
     "generate_shapes",
     "load_ade20k",
     "load_cityscapes",

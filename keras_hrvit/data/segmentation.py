@@ -12,10 +12,13 @@ of class indices, 255 meaning "ignore". They return batches of float32 NHWC imag
 `(B, H, W)` masks.
 """
 
+import math
+
 import numpy as np
 import tensorflow as tf
 
-from keras_hrvit.data.constants import IGNORE_LABEL, IMAGENET_MEAN, IMAGENET_STD
+from keras_hrvit.presets import IGNORE_LABEL, IMAGENET_MEAN
+from keras_hrvit.validation import check_number, check_positive_int
 
 # MMSeg's PhotoMetricDistortion defaults; the hue delta is on OpenCV's 0-180 hue scale.
 _BRIGHTNESS_DELTA = 32.0
@@ -33,7 +36,7 @@ def _pair_size(value, name, allow_none=False):
         pair = (value, value)
     try:
         pair = tuple(int(v) for v in pair)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
         pair = ()
     if len(pair) != 2 or min(pair) < 1:
         allowed = "None, " if allow_none else ""
@@ -50,24 +53,13 @@ def _check_ratio_range(ratio_range):
         low, high = (float(r) for r in ratio_range)
     except (TypeError, ValueError):
         low = high = -1.0
-    if not 0 < low <= high:
+    if not (0 < low <= high and math.isfinite(high)):
         raise ValueError(
-            "`ratio_range` must be None or a pair (low, high) with 0 < low <= high, "
+            "`ratio_range` must be None or a pair (low, high) of finite numbers with "
+            "0 < low <= high, "
             f"got {ratio_range!r}."
         )
     return low, high
-
-
-def _check_channels(values, name):
-    values = tuple(float(v) for v in values)
-    if len(values) != 3:
-        raise ValueError(f"`{name}` must have 3 values (R, G, B), got {values!r}.")
-    return values
-
-
-def _check_positive_int(value, name):
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
 
 
 def _as_pairs(ds):
@@ -223,8 +215,11 @@ def _photometric_distortion(image, seed):
     return tf.where(contrast_first, image, contrast(image))
 
 
-def _normalize(image, mean, std):
-    return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+def _pad_with_mean(image, paddings):
+    """Pads an image with the ImageNet mean pixel: zeros once the model normalizes it, as
+    MMSegmentation pads its normalized images with 0."""
+    mean = tf.constant(IMAGENET_MEAN, tf.float32)
+    return tf.pad(image - mean, paddings + [[0, 0]]) + mean
 
 
 def segmentation_train_pipeline(
@@ -236,8 +231,6 @@ def segmentation_train_pipeline(
     cat_max_ratio=0.75,
     flip_prob=0.5,
     photometric=True,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
     shuffle_buffer=128,
     seed=None,
     drop_remainder=True,
@@ -249,8 +242,9 @@ def segmentation_train_pipeline(
     For each example, in order: rescale to fit `base_scale * r` keeping the aspect ratio, with
     `r` uniform in `ratio_range`; crop a `crop_size` window (redrawn up to 10 times while one
     class covers `cat_max_ratio` or more of it); flip horizontally with probability `flip_prob`;
-    photometric distortion (brightness, contrast, saturation, hue); normalize with `mean`/`std`;
-    pad to `crop_size` at the bottom and right (image 0, mask `ignore_label`).
+    photometric distortion (brightness, contrast, saturation, hue); pad to `crop_size` at the
+    bottom and right (image: the ImageNet mean pixel, mask `ignore_label`). Images stay 0-255:
+    the models normalize them inside their graph.
 
     Args:
         ds: `tf.data.Dataset` of `(image, mask)` pairs, images 0-255 `(H, W, 3)`, masks `(H, W)`.
@@ -263,7 +257,6 @@ def segmentation_train_pipeline(
         cat_max_ratio: the crop rule's largest share of one class; 1.0 turns the rule off.
         flip_prob: probability of a horizontal flip.
         photometric: whether to apply the photometric distortion.
-        mean, std: per-channel normalization on 0-255 values (ImageNet's by default).
         shuffle_buffer: examples held for shuffling before augmentation (raw images, so keep it
             small for large images); 0 or `None` turns shuffling off.
         seed: integer seed that makes shuffling and augmentation reproducible (each epoch still
@@ -285,24 +278,19 @@ def segmentation_train_pipeline(
     crop_size = _pair_size(crop_size, "crop_size")
     base_scale = _pair_size(base_scale, "base_scale", allow_none=True)
     ratio_range = _check_ratio_range(ratio_range)
-    _check_positive_int(batch_size, "batch_size")
-    if not 0.0 < float(cat_max_ratio) <= 1.0:
-        raise ValueError(f"`cat_max_ratio` must be in (0, 1], got {cat_max_ratio!r}.")
-    if not 0.0 <= float(flip_prob) <= 1.0:
-        raise ValueError(f"`flip_prob` must be in [0, 1], got {flip_prob!r}.")
-    if not 0 <= int(ignore_label) <= 255:
-        raise ValueError(f"`ignore_label` must be in [0, 255], got {ignore_label!r}.")
+    check_positive_int("batch_size", batch_size)
+    check_number("cat_max_ratio", cat_max_ratio, 0, 1, strict=True)
+    check_number("flip_prob", flip_prob, 0, 1)
+    check_number("ignore_label", ignore_label, 0, 255, integer=True)
     if seed is not None and not isinstance(seed, (int, np.integer)):
         raise ValueError(f"`seed` must be an integer or None, got {seed!r}.")
-    mean = _check_channels(mean, "mean")
-    std = _check_channels(std, "std")
     cat_max_ratio = float(cat_max_ratio)
     flip_prob = float(flip_prob)
     ignore_label = int(ignore_label)
 
     ds = _as_pairs(ds)
     if shuffle_buffer:
-        _check_positive_int(shuffle_buffer, "shuffle_buffer")
+        check_positive_int("shuffle_buffer", shuffle_buffer)
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     # One stateless seed pair per example keeps augmentation reproducible under parallel maps.
     seeds = tf.data.Dataset.random(
@@ -329,10 +317,9 @@ def segmentation_train_pipeline(
         mask = tf.where(flip, tf.reverse(mask, axis=[1]), mask)
         if photometric:
             image = _photometric_distortion(image, color_seed)
-        image = _normalize(image, mean, std)
         shape = tf.shape(mask)
         pad = [[0, crop_size[0] - shape[0]], [0, crop_size[1] - shape[1]]]
-        image = tf.pad(image, pad + [[0, 0]], constant_values=0.0)
+        image = _pad_with_mean(image, pad)
         mask = tf.pad(mask, pad, constant_values=ignore_label)
         image = tf.ensure_shape(image, crop_size + (3,))
         mask = tf.ensure_shape(tf.cast(mask, tf.int32), crop_size)
@@ -348,16 +335,15 @@ def segmentation_eval_pipeline(
     batch_size=1,
     resize_mask=False,
     pad_to_multiple=None,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
     ignore_label=IGNORE_LABEL,
     num_parallel_calls=tf.data.AUTOTUNE,
 ):
-    """Batched evaluation data: optional keep-ratio resize, normalization, no crop.
+    """Batched evaluation data: optional keep-ratio resize, no crop; images stay 0-255.
 
     As in MMSegmentation, masks keep their original resolution by default, so predictions for a
     resized image must be resized back to the mask's size before scoring. Examples of different
-    sizes in one batch are padded at the bottom and right (image 0, mask `ignore_label`).
+    sizes in one batch are padded at the bottom and right (image: the ImageNet mean pixel, mask
+    `ignore_label`).
 
     Args:
         ds: `tf.data.Dataset` of `(image, mask)` pairs, images 0-255 `(H, W, 3)`, masks `(H, W)`.
@@ -367,7 +353,6 @@ def segmentation_eval_pipeline(
         resize_mask: also resize masks (nearest) to the resized image's size.
         pad_to_multiple: pad images (and masks of the same size) at the bottom and right to a
             multiple of this, for models that need divisible sizes; `None` for no padding.
-        mean, std: per-channel normalization on 0-255 values (ImageNet's by default).
         ignore_label: mask value of padded pixels.
         num_parallel_calls: parallelism of the preprocessing map.
 
@@ -381,13 +366,10 @@ def segmentation_eval_pipeline(
     (TensorShape([2, 64, 64, 3]), TensorShape([2, 64, 64]))
     """
     scale = _pair_size(scale, "scale", allow_none=True)
-    _check_positive_int(batch_size, "batch_size")
+    check_positive_int("batch_size", batch_size)
     if pad_to_multiple is not None:
-        _check_positive_int(pad_to_multiple, "pad_to_multiple")
-    if not 0 <= int(ignore_label) <= 255:
-        raise ValueError(f"`ignore_label` must be in [0, 255], got {ignore_label!r}.")
-    mean = _check_channels(mean, "mean")
-    std = _check_channels(std, "std")
+        check_positive_int("pad_to_multiple", pad_to_multiple)
+    check_number("ignore_label", ignore_label, 0, 255, integer=True)
     ignore_label = int(ignore_label)
     mask_follows_image = scale is None or resize_mask
 
@@ -398,37 +380,21 @@ def segmentation_eval_pipeline(
                 shape[0], shape[1], float(max(scale)), float(min(scale))
             )
             image, mask = _resize_pair(image, mask, new_h, new_w, resize_mask=resize_mask)
-        image = _normalize(image, mean, std)
         if pad_to_multiple is not None:
             shape = tf.shape(image)
             pad_h = -shape[0] % pad_to_multiple
             pad_w = -shape[1] % pad_to_multiple
-            image = tf.pad(image, [[0, pad_h], [0, pad_w], [0, 0]], constant_values=0.0)
+            image = _pad_with_mean(image, [[0, pad_h], [0, pad_w]])
             if mask_follows_image:
                 mask = tf.pad(mask, [[0, pad_h], [0, pad_w]], constant_values=ignore_label)
         return image, tf.cast(mask, tf.int32)
 
+    mean = tf.constant(IMAGENET_MEAN, tf.float32)
     ds = _as_pairs(ds).map(transform, num_parallel_calls=num_parallel_calls)
-    ds = ds.padded_batch(
+    # `padded_batch` pads with one scalar: pad (image - mean) with 0, i.e. with the mean pixel.
+    ds = ds.map(lambda image, mask: (image - mean, mask)).padded_batch(
         batch_size,
         padding_values=(tf.constant(0.0, tf.float32), tf.constant(ignore_label, tf.int32)),
     )
+    ds = ds.map(lambda images, masks: (images + mean, masks))
     return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def denormalize(images, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """Undoes the pipelines' normalization for display: uint8 images with 0-255 values.
-
-    Accepts NumPy arrays and eager tensors of any backend, batched or not.
-
-    Example:
-    >>> images, masks = next(iter(segmentation_eval_pipeline(load_shapes("validation", 1))))
-    >>> denormalize(images).dtype
-    dtype('uint8')
-    """
-    mean = np.asarray(_check_channels(mean, "mean"), np.float32)
-    std = np.asarray(_check_channels(std, "std"), np.float32)
-    images = np.asarray(images, dtype=np.float32)
-    if images.shape[-1:] != (3,):
-        raise ValueError(f"Expected images with 3 channels last, got shape {images.shape}.")
-    return np.clip(np.rint(images * std + mean), 0, 255).astype(np.uint8)

@@ -13,6 +13,8 @@ import colorsys
 import numpy as np
 import tensorflow as tf
 
+from keras_hrvit.validation import check_number
+
 SHAPES_CLASSES = ("background", "circle", "rectangle", "triangle", "ring")
 
 _SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
@@ -48,12 +50,9 @@ def _check_split(split):
 def _check_arguments(num_images, image_size, seed, min_shapes, max_shapes, colors):
     if colors not in _COLOR_MODES:
         raise ValueError(f"`colors` must be one of {_COLOR_MODES}, got {colors!r}.")
-    if not isinstance(num_images, (int, np.integer)) or num_images < 0:
-        raise ValueError(f"`num_images` must be a non-negative integer, got {num_images!r}.")
-    if not isinstance(image_size, (int, np.integer)) or image_size < 32:
-        raise ValueError(f"`image_size` must be an integer of at least 32, got {image_size!r}.")
-    if not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"`seed` must be a non-negative integer, got {seed!r}.")
+    check_number("num_images", num_images, 0, integer=True)
+    check_number("image_size", image_size, 32, integer=True)
+    check_number("seed", seed, 0, integer=True)
     if not (1 <= min_shapes <= max_shapes):
         raise ValueError(
             "Expected 1 <= `min_shapes` <= `max_shapes`, "
@@ -219,8 +218,7 @@ def generate_shapes(
     """
     _check_split(split)
     _check_arguments(num_images, image_size, seed, min_shapes, max_shapes, colors)
-    if not isinstance(start_index, (int, np.integer)) or start_index < 0:
-        raise ValueError(f"`start_index` must be a non-negative integer, got {start_index!r}.")
+    check_number("start_index", start_index, 0, integer=True)
     size = int(image_size)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
     images = np.empty((num_images, size, size, 3), np.uint8)

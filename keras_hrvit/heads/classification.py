@@ -12,7 +12,8 @@ FINAL_CHANNELS = 2048
 @register
 class Bottleneck(keras.layers.Layer):
     """ResNet bottleneck (1x1, 3x3, 1x1 to `4 * channels`), with a projection shortcut when the
-    width changes. Convolutions have no bias.
+    width changes. Convolutions have no bias. The shortcut's layers exist once `build` has seen
+    that the width changes.
 
     Example:
     >>> Bottleneck(8)(keras.ops.ones((1, 7, 7, 16))).shape
@@ -26,19 +27,28 @@ class Bottleneck(keras.layers.Layer):
         self.channels = int(channels)
         policy = self.dtype_policy
         out = self.expansion * self.channels
+        self.conv1 = self._conv(self.channels, 1, "conv1")
+        self.bn1 = batch_norm("bn1", dtype=policy)
+        self.conv2 = self._conv(self.channels, 3, "conv2")
+        self.bn2 = batch_norm("bn2", dtype=policy)
+        self.conv3 = self._conv(out, 1, "conv3")
+        self.bn3 = batch_norm("bn3", dtype=policy)
+        self.has_shortcut = None  # known in `build`
+        self.shortcut_conv = self.shortcut_bn = None
 
-        def conv(filters, size, name):
-            padding = "same" if size == 3 else "valid"
-            return Conv2D(filters, size, padding=padding, use_bias=False, name=name, dtype=policy)
-
-        self.conv1, self.bn1 = conv(self.channels, 1, "conv1"), batch_norm("bn1", dtype=policy)
-        self.conv2, self.bn2 = conv(self.channels, 3, "conv2"), batch_norm("bn2", dtype=policy)
-        self.conv3, self.bn3 = conv(out, 1, "conv3"), batch_norm("bn3", dtype=policy)
-        self.shortcut_conv = conv(out, 1, "shortcut_conv")
-        self.shortcut_bn = batch_norm("shortcut_bn", dtype=policy)
+    def _conv(self, filters, size, name):
+        padding = "same" if size == 3 else "valid"
+        return Conv2D(
+            filters, size, padding=padding, use_bias=False, name=name, dtype=self.dtype_policy
+        )
 
     def build(self, input_shape):
         self.has_shortcut = input_shape[-1] != self.expansion * self.channels
+        if self.has_shortcut:
+            # Made here, not in `__init__`: a layer that never gets built (no shortcut) is one
+            # `Model.quantize` refuses, and the width is only known now.
+            self.shortcut_conv = self._conv(self.expansion * self.channels, 1, "shortcut_conv")
+            self.shortcut_bn = batch_norm("shortcut_bn", dtype=self.dtype_policy)
         lead = tuple(input_shape[:-1])
         shapes = [input_shape] + [lead + (self.channels,)] * 2
         for conv, bn, shape in zip(
@@ -108,6 +118,7 @@ class HRNetClassifierHead(keras.layers.Layer):
         widths = [Bottleneck.expansion * c for c in self.head_channels]
         for layer, shape in zip(self.incre, input_shape):
             layer.build(tuple(shape))
+        self.down_pad.build((None, None, None, widths[0]))  # `Model.quantize` needs it built
         for conv, bn, cin, cout in zip(self.down_convs, self.down_bns, widths, widths[1:]):
             conv.build((None, None, None, cin))
             bn.build((None, None, None, cout))

@@ -16,7 +16,7 @@ class SegFormerHead(keras.layers.Layer):
     Args:
         num_classes: output classes.
         channels: width of the projections and of the fusion (256 for b1/b2, 768 for b3).
-        dropout: dropout before the classifier.
+        dropout: channel-wise dropout rate before the classifier (`nn.Dropout2d`).
 
     Example:
     >>> head = SegFormerHead(num_classes=7, channels=24)
@@ -39,7 +39,10 @@ class SegFormerHead(keras.layers.Layer):
         ]
         self.fusion_conv = Conv2D(channels, 1, use_bias=False, name="fusion_conv", dtype=policy)
         self.fusion_bn = batch_norm("fusion_bn", dtype=policy)
-        self.dropout_layer = keras.layers.Dropout(dropout, dtype=policy)
+        # MMSegmentation's `nn.Dropout2d`: drops whole channels.
+        self.dropout_layer = keras.layers.SpatialDropout2D(
+            dropout, data_format="channels_last", dtype=policy
+        )
         self.classifier = Conv2D(num_classes, 1, name="classifier", dtype=policy)
 
     def build(self, input_shape):

@@ -154,7 +154,9 @@ class UPerNetHead(keras.layers.Layer):
             ConvBNReLU(channels, 3, name=f"fpn_{i}", dtype=policy) for i in range(num_inputs - 1)
         ]
         self.fpn_bottleneck = ConvBNReLU(channels, 3, name="fpn_bottleneck", dtype=policy)
-        self.dropout_layer = keras.layers.SpatialDropout2D(dropout, dtype=policy)
+        self.dropout_layer = keras.layers.SpatialDropout2D(
+            dropout, data_format="channels_last", dtype=policy
+        )
         self.conv_seg = Conv2D(num_classes, 1, name="conv_seg", dtype=policy)
 
     def build(self, input_shape):
@@ -240,7 +242,9 @@ class FCNHead(keras.layers.Layer):
         self.convs = [
             ConvBNReLU(channels, 3, name=f"conv_{i}", dtype=policy) for i in range(num_convs)
         ]
-        self.dropout_layer = keras.layers.SpatialDropout2D(dropout, dtype=policy)
+        self.dropout_layer = keras.layers.SpatialDropout2D(
+            dropout, data_format="channels_last", dtype=policy
+        )
         self.conv_seg = Conv2D(num_classes, 1, name="conv_seg", dtype=policy)
 
     def _select(self, inputs):

@@ -47,10 +47,19 @@ def synchronized_batch_norm(enabled=True):
 
 
 def batch_norm(name=None, zero_init=False, dtype=None):
+    """A BatchNorm with PyTorch's epsilon, momentum and moving-variance update.
+
+    `TorchBatchNormalization` (a `keras.layers.BatchNormalization` with the same variables)
+    tracks the unbiased batch variance, as `nn.BatchNorm2d`'s `running_var` does; it is
+    synchronized across replicas inside `synchronized_batch_norm()` on TensorFlow.
+    """
+    # Imported here: batch_norm.py imports `register` from this module.
+    from keras_hrvit.layers.batch_norm import TorchBatchNormalization
+
     kwargs = {"gamma_initializer": "zeros", "beta_initializer": "zeros"} if zero_init else {}
     if _SYNCHRONIZED_BATCH_NORM.get() and keras.backend.backend() == "tensorflow":
         kwargs["synchronized"] = True
-    return keras.layers.BatchNormalization(
+    return TorchBatchNormalization(
         epsilon=NORM_EPSILON, momentum=BN_MOMENTUM, name=name, dtype=dtype, **kwargs
     )
 

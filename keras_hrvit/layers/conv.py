@@ -97,11 +97,20 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
         plain = self.depth_multiplier == 1 and self.dilation_rate == (1, 1)
         if backend == "jax" and plain and all(isinstance(n, int) for n in inputs.shape[1:3]):
             outputs = _shifted_sum_depthwise(inputs, self.kernel, self.strides, self.padding)
-        elif backend == "torch" and _torch_eager():
+            return _bias_and_activation(self, outputs)
+        dtype = keras.backend.standardize_dtype(inputs.dtype)
+        kernel = self.kernel
+        if dtype in ("float16", "bfloat16"):
+            # TensorFlow 2.21's CPU depthwise kernel rounds its partial sums to bfloat16: a 3x3
+            # convolution came out 2.1x (5x5: 3.3x) less accurate than one rounding of the
+            # exact result (tests/test_precision_remat.py). Summing in float32 and rounding
+            # once costs little: depthwise convolutions are a small share of HRViT's work.
+            inputs, kernel = ops.cast(inputs, "float32"), ops.cast(kernel, "float32")
+        if backend == "torch" and _torch_eager():
             outputs = _channels_first_view(
                 ops.depthwise_conv,
                 inputs,
-                self.kernel,
+                kernel,
                 self.strides,
                 self.padding,
                 self.dilation_rate,
@@ -114,13 +123,13 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
             # tests/test_layers.py checks the optimizer's log.
             outputs = ops.depthwise_conv(
                 inputs,
-                self.kernel,
+                kernel,
                 strides=self.strides,
                 padding=self.padding,
                 dilation_rate=self.dilation_rate,
                 data_format="channels_last",
             )
-        return _bias_and_activation(self, outputs)
+        return _bias_and_activation(self, ops.cast(outputs, dtype))
 
 
 @register

@@ -39,6 +39,9 @@ class ConvStem(keras.layers.Layer):
     def build(self, input_shape):
         check_image_shape(input_shape, self.in_channels)
         half = self.channels // 2
+        # Every sublayer is built here, the padding too: `Model.quantize` refuses unbuilt layers,
+        # and a model built from symbolic inputs never runs this layer's `call`.
+        self.pad.build(input_shape)
         self.conv1.build((None, None, None, self.in_channels))
         self.bn1.build((None, None, None, half))
         self.conv2.build((None, None, None, half))

@@ -5,8 +5,9 @@ import numpy as np
 
 from keras_hrvit.layers import ConvStem, EffPatchEmbed, FusionBlock, HRViTBlock
 from keras_hrvit.layers.common import layer_norm
+from keras_hrvit.layers.preprocessing import ImageNormalization
 from keras_hrvit.layers.stem import check_image_shape
-from keras_hrvit.models.presets import BACKBONE_PRESETS, get_preset
+from keras_hrvit.presets import BACKBONE_PRESETS, get_preset
 
 PYRAMID_LEVELS = ("P2", "P3", "P4", "P5")
 
@@ -24,6 +25,10 @@ class HRViTBackbone(keras.Model):
     """HRViT: a stem at 1/4 resolution, then six modules of (fusion, transformer stage) that grow
     to four parallel branches at 1/4, 1/8, 1/16 and 1/32 resolution.
 
+    Takes RGB images as people have them, `uint8` or float with values 0-255, and normalizes them
+    with ImageNet's mean and standard deviation inside the graph (`include_preprocessing=True`);
+    with `include_preprocessing=False` it takes images normalized already.
+
     Returns a list of four NHWC feature maps (`pyramid_outputs` names them P2..P5). Any height and
     width of at least 32 pixels works; branch sizes are successive ceil-halvings of the stem's.
 
@@ -39,6 +44,9 @@ class HRViTBackbone(keras.Model):
         remat: recompute each transformer block's activations in the backward pass instead of
             keeping them (the original's `with_cp`): less memory, more compute in training.
         input_shape: image shape, channels last; height and width may be `None`.
+        include_preprocessing: normalize 0-255 images inside the model (a float32
+            `ImageNormalization` named `preprocessing`, so mixed precision starts from exact
+            values).
 
     Example:
     >>> backbone = HRViTBackbone.from_preset("hrvit_b1")
@@ -57,6 +65,7 @@ class HRViTBackbone(keras.Model):
         drop_path_rate=0.0,
         remat=False,
         input_shape=(None, None, 3),
+        include_preprocessing=True,
         **kwargs,
     ):
         channels = [int(c) for c in channels]
@@ -71,8 +80,15 @@ class HRViTBackbone(keras.Model):
                 f"HRViT expects RGB images with 3 channels; `input_shape` has {input_shape[-1]}."
             )
 
+        if not isinstance(include_preprocessing, bool):
+            raise ValueError(
+                f"`include_preprocessing` must be True or False, got {include_preprocessing!r}."
+            )
         inputs = keras.Input(shape=input_shape, name="images")
-        features = [ConvStem(stem_channels, name="stem")(inputs)]
+        x = inputs
+        if include_preprocessing:
+            x = ImageNormalization(name="preprocessing")(x)
+        features = [ConvStem(stem_channels, name="stem")(x)]
         widths = [stem_channels]
         rates = drop_path_rates(blocks, drop_path_rate)
         for m, module in enumerate(blocks):
@@ -105,6 +121,7 @@ class HRViTBackbone(keras.Model):
         self.mlp_ratios = mlp_ratios
         self.drop_path_rate = drop_path_rate
         self.remat = remat
+        self.include_preprocessing = include_preprocessing
         self.image_shape = input_shape
         self.pyramid_outputs = dict(zip(PYRAMID_LEVELS, features))
 
@@ -121,6 +138,7 @@ class HRViTBackbone(keras.Model):
             "drop_path_rate": self.drop_path_rate,
             "remat": self.remat,
             "input_shape": self.image_shape,
+            "include_preprocessing": self.include_preprocessing,
         }
 
     @classmethod

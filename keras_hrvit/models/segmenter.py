@@ -1,43 +1,64 @@
-"""Semantic segmentation: an HRViT backbone and a decode head."""
+"""Semantic segmentation: an HRViT backbone, a decode head, logits at the image size."""
 
 import keras
-from keras import ops
 
 from keras_hrvit.heads.segformer import SegFormerHead
 from keras_hrvit.heads.upernet import FCNHead, UPerNetHead
-from keras_hrvit.layers.common import resize_bilinear
+from keras_hrvit.layers.resize import ResizeLike
 from keras_hrvit.models.backbone import HRViTBackbone
-from keras_hrvit.models.presets import HEAD_CHANNELS, SEGMENTER_PRESETS, get_preset
-from keras_hrvit.weights.files import load_weights_into
+from keras_hrvit.models.task import HRViTTask, build_backbone_argument
+from keras_hrvit.presets import (
+    BACKBONE_PRESETS,
+    HEAD_CHANNELS,
+    IGNORE_LABEL,
+    SEGMENTATION_RECIPE,
+    SEGMENTER_PRESETS,
+)
+from keras_hrvit.validation import check_choice, check_number, check_positive_int
 
 HEADS = ("segformer", "upernet")
+HEAD_LAYERS = ("decode_head", "auxiliary_head")
 # MMSegmentation weighs the auxiliary FCN head's loss by 0.4.
 AUXILIARY_LOSS_WEIGHT = 0.4
 
 
 @keras.saving.register_keras_serializable(package="keras_hrvit")
-class HRViTSegmenter(keras.Model):
-    """HRViT segmenter: backbone, then a SegFormer or UperNet head.
+class HRViTSegmenter(HRViTTask):
+    """HRViT segmenter: backbone, then a SegFormer or UperNet head, logits at the image size.
 
-    Calling the model gives logits at 1/4 of the input size (train with
-    `keras_hrvit.losses.SegmentationCrossEntropy`, which resizes them to the labels);
-    `predict` returns class maps at the input size. With `auxiliary_head=True` (UperNet) the
-    model has a second output, the FCN head's logits on branch 2, for training: fit it with two
-    copies of the masks and loss weights `(1, AUXILIARY_LOSS_WEIGHT)`.
+    Takes RGB images as people have them (`uint8` or float, 0-255; the backbone normalizes
+    them). Calling the model and `predict` follow one convention, KerasHub's: per-pixel class
+    logits `(batch, H, W, num_classes)` at the input's height and width (the head works at 1/4
+    and its logits are resized bilinearly, as MMSegmentation does). Class maps are
+    `keras.ops.argmax(logits, -1)`; `keras_hrvit.inference.predict_classes` adds sliding-window
+    and multi-scale inference. With `auxiliary_head=True` (UperNet) the model has a second
+    output, the auxiliary FCN head's logits, used in training only.
+
+    `compile()` with no arguments sets the paper's recipe (`SEGMENTATION_RECIPE` in
+    `keras_hrvit.presets`): AdamW without weight decay on normalization weights and
+    biases, the heads at 10x the learning rate, linear warm-up then poly decay;
+    `SegmentationCrossEntropy` ignoring label 255 (weighted 1 and 0.4 with the auxiliary head,
+    which trains on the same masks); mean IoU. Standard Keras losses work on the logits, e.g.
+    `keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255)`.
 
     Args:
         backbone: an `HRViTBackbone` or a backbone preset name.
         num_classes: number of classes.
         head: `"segformer"` or `"upernet"`.
         head_channels: head width (default 256 for SegFormer, 512 for UperNet).
-        dropout: dropout before the classifier of the head.
+        dropout: channel dropout before the classifier of the head.
         auxiliary_head: add MMSegmentation's auxiliary FCN head (UperNet only).
 
     Example:
-    >>> model = HRViTSegmenter("hrvit_b1", num_classes=19)
-    >>> model.predict(np.zeros((1, 128, 160, 3)), verbose=0).shape
-    (1, 128, 160)
+    >>> model = HRViTSegmenter.from_preset("hrvit_tiny_shapes")
+    >>> model.compile(epochs=10, steps_per_epoch=100)
+    >>> model.predict(np.zeros((1, 128, 160, 3), "uint8"), verbose=0).shape
+    (1, 128, 160, 5)
     """
+
+    config_args = ("num_classes", "head", "head_channels", "dropout", "auxiliary_head")
+    presets = SEGMENTER_PRESETS
+    recipe = SEGMENTATION_RECIPE
 
     def __init__(
         self,
@@ -49,26 +70,24 @@ class HRViTSegmenter(keras.Model):
         auxiliary_head=False,
         **kwargs,
     ):
-        if isinstance(backbone, str):
-            backbone = HRViTBackbone.from_preset(backbone)
-        if not isinstance(backbone, HRViTBackbone):
-            raise TypeError(
-                f"`backbone` must be an HRViTBackbone or a preset name, got {type(backbone)}."
-            )
-        if head not in HEADS:
-            raise ValueError(f"Unknown head {head!r}. Known heads: {', '.join(HEADS)}.")
+        backbone = build_backbone_argument(backbone)
+        check_positive_int("num_classes", num_classes)
+        check_choice("head", head, HEADS)
         if auxiliary_head and head != "upernet":
             raise ValueError("`auxiliary_head=True` needs `head='upernet'`.")
         head_channels = head_channels or HEAD_CHANNELS[head]
+        check_positive_int("head_channels", head_channels)
+        check_number("dropout", dropout, 0, 1)
         inputs = keras.Input(shape=backbone.image_shape, name="images")
         features = backbone(inputs)
         head_class = SegFormerHead if head == "segformer" else UPerNetHead
         decode_head = head_class(
             num_classes, channels=head_channels, dropout=dropout, name="decode_head"
         )
-        outputs = decode_head(features)
+        outputs = ResizeLike(dtype="float32", name="logits")([decode_head(features), inputs])
         if auxiliary_head:
             aux = FCNHead(num_classes, dropout=dropout, name="auxiliary_head")(features[2])
+            aux = ResizeLike(dtype="float32", name="auxiliary_logits")([aux, inputs])
             outputs = [outputs, aux]
         kwargs.setdefault("name", f"{backbone.name}_segmenter")
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
@@ -80,64 +99,117 @@ class HRViTSegmenter(keras.Model):
         self.dropout = dropout
         self.auxiliary_head = auxiliary_head
 
-    def predict_step(self, *args):
-        # JAX's trainer passes (state, data) and returns (outputs, state); the others (data).
-        data = args[-1]
-        images, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        result = super().predict_step(*args)
-        if keras.backend.backend() == "jax":
-            logits, state = result
-            return self.logits_to_classes(logits, images), state
-        return self.logits_to_classes(result, images)
-
-    @staticmethod
-    def logits_to_classes(logits, images):
-        """Class ids at the images' size from logits at any size (the main head's)."""
-        if isinstance(logits, (list, tuple)):
-            logits = logits[0]
-        logits = resize_bilinear(logits, ops.shape(images)[1:3])
-        return ops.cast(ops.argmax(logits, axis=-1), "int32")
-
-    def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "backbone": keras.saving.serialize_keras_object(self.backbone),
-            "num_classes": self.num_classes,
-            "head": self.head,
-            "head_channels": self.head_channels,
-            "dropout": self.dropout,
-            "auxiliary_head": self.auxiliary_head,
-        }
-
     @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+    def _from_builtin_preset(cls, preset, **overrides):
+        """Segmenter presets (`hrvit_b1_ade20k`, ...), or a backbone preset with `num_classes`."""
+        if preset in SEGMENTER_PRESETS:
+            config = {**SEGMENTER_PRESETS[preset], **overrides}
+            if "head" in overrides and "auxiliary_head" not in overrides:
+                # Switching a preset's head decides the auxiliary head afresh.
+                config["auxiliary_head"] = config["head"] == "upernet"
+            config.setdefault("name", preset)
+        elif preset in BACKBONE_PRESETS:
+            if "num_classes" not in overrides:
+                raise ValueError(f"Backbone preset {preset!r} needs `num_classes`.")
+            config = {"backbone": preset, "drop_path_rate": 0.1, **overrides}
+            config.setdefault("auxiliary_head", config.get("head") == "upernet")
+        else:
+            return super()._from_builtin_preset(preset)
+        backbone_args = {
+            key: config.pop(key) for key in ("drop_path_rate", "input_shape") if key in config
+        }
+        if isinstance(config["backbone"], str):
+            config["backbone"] = HRViTBackbone.from_preset(config["backbone"], **backbone_args)
         return cls(**config)
 
-    @classmethod
-    def from_preset(cls, preset, weights=None, **overrides):
-        """Builds a preset segmenter, randomly initialized unless `weights` is given.
+    # --- training defaults --------------------------------------------------------------------
 
-        Presets: `hrvit_b{1,2,3}_ade20k` (150 classes), `hrvit_b{1,2,3}_cityscapes` (19 classes),
-        with SegFormer heads, and `hrvit_b{1,2}_ade20k_upernet` (UperNet with its auxiliary
-        head). `num_classes`, `head`, `head_channels`, `dropout`, `auxiliary_head`,
-        `drop_path_rate` and `input_shape` can be overridden. `weights`: a `.weights.h5` or
-        `.keras` path, or a preset name whose file is in the preset cache
-        (`keras_hrvit.weights.cache`), e.g.
-        `from_preset("hrvit_b1_ade20k", weights="hrvit_b1_ade20k")`.
-        """
-        config = get_preset(SEGMENTER_PRESETS, preset, "segmenter")
-        config.update(overrides)
-        backbone_args = {"drop_path_rate": config.pop("drop_path_rate")}
-        if "input_shape" in config:
-            backbone_args["input_shape"] = config.pop("input_shape")
-        backbone = config.pop("backbone")
-        if isinstance(backbone, str):
-            backbone = HRViTBackbone.from_preset(backbone, **backbone_args)
-        config.setdefault("name", preset)
-        model = cls(backbone, **config)
-        if weights is not None:
-            load_weights_into(model, weights)
-        return model
+    def _default_total_steps(self):
+        return self.recipe["total_steps"]
+
+    def _auto_schedule(self, total_steps, settings):
+        from keras_hrvit.training import WarmupPolyDecay
+
+        learning_rate = check_number("learning_rate", settings["learning_rate"], 0, strict=True)
+        warmup_steps = check_number("warmup_steps", settings["warmup_steps"], 0, integer=True)
+        return WarmupPolyDecay(
+            float(learning_rate),
+            int(total_steps),
+            warmup_steps=min(int(warmup_steps), int(total_steps)),
+            warmup_ratio=settings["warmup_ratio"],
+            power=settings["power"],
+        )
+
+    def _auto_optimizer(self, schedule, settings):
+        from keras_hrvit.training import build_adamw
+
+        weight_decay = check_number("weight_decay", settings["weight_decay"], 0)
+        head_lr_mult = check_number("head_lr_mult", settings["head_lr_mult"], 0, strict=True)
+        clipnorm = settings["clipnorm"]
+        if clipnorm is not None:
+            check_number("clipnorm", clipnorm, 0, strict=True)
+        heads = [name for name in HEAD_LAYERS if _has_layer(self, name)]
+        return build_adamw(
+            self,
+            schedule,
+            weight_decay=float(weight_decay),
+            beta_1=settings["beta_1"],
+            beta_2=settings["beta_2"],
+            clipnorm=clipnorm,
+            lr_multipliers={name: float(head_lr_mult) for name in heads}
+            if head_lr_mult != 1.0
+            else None,
+        )
+
+    def _auto_loss(self):
+        from keras_hrvit.losses import SegmentationCrossEntropy
+
+        losses = [SegmentationCrossEntropy(ignore_label=IGNORE_LABEL) for _ in self.outputs]
+        return losses if len(losses) > 1 else losses[0]
+
+    def _auto_loss_weights(self):
+        return [1.0, AUXILIARY_LOSS_WEIGHT] if self.auxiliary_head else None
+
+    def _auto_metrics(self):
+        from keras_hrvit.metrics import SegmentationMeanIoU
+
+        metric = SegmentationMeanIoU(self.num_classes, ignore_label=IGNORE_LABEL, name="mean_iou")
+        return [[metric], []] if self.auxiliary_head else [metric]
+
+    def _check_loss(self, loss):
+        for item in loss if isinstance(loss, (list, tuple)) else [loss]:
+            if _expects_probabilities(item):
+                raise ValueError(
+                    f"HRViTSegmenter outputs logits, but the loss {item!r} expects "
+                    "probabilities: use `keras_hrvit.losses.SegmentationCrossEntropy()` (ignores "
+                    "label 255) or `keras.losses.SparseCategoricalCrossentropy(from_logits=True, "
+                    "ignore_class=255)`."
+                )
+        return loss
+
+    def _standardize_targets(self, y):
+        # One mask trains both heads, as in MMSegmentation.
+        if self.auxiliary_head and not isinstance(y, (list, tuple, dict)):
+            return [y, y]
+        return y
+
+
+def _has_layer(model, name):
+    return any(layer.name == name for layer in model.layers)
+
+
+_PROBABILITY_LOSSES = (
+    "sparse_categorical_crossentropy",
+    "categorical_crossentropy",
+    "binary_crossentropy",
+)
+
+
+def _expects_probabilities(loss):
+    if isinstance(loss, str):
+        return loss in _PROBABILITY_LOSSES
+    config = loss.get_config() if isinstance(loss, keras.losses.Loss) else {}
+    return config.get("from_logits") is False
+
+
+__all__ = ["AUXILIARY_LOSS_WEIGHT", "HEADS", "HRViTSegmenter"]

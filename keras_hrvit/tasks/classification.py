@@ -20,12 +20,10 @@ python -m keras_hrvit.train classification --data embedded --model hrvit_tiny --
 
 import argparse
 import json
-import math
 import os
 import shutil
 
 import keras
-import numpy as np
 
 from keras_hrvit.distribution import (
     check_gradient_clipping,
@@ -33,77 +31,47 @@ from keras_hrvit.distribution import (
     shardable_batches,
     training_scope,
 )
-from keras_hrvit.models.backbone import HRViTBackbone
+from keras_hrvit.files import atomic_write
 from keras_hrvit.models.classifier import HRViTClassifier
-from keras_hrvit.models.presets import BACKBONE_PRESETS
+from keras_hrvit.presets import BACKBONE_PRESETS, CLASSIFICATION_RECIPE
 from keras_hrvit.tasks.cli import (
     add_compile_arguments,
     add_distribution_argument,
     check_distribution_argument,
     compile_kwargs,
 )
-from keras_hrvit.training import WarmupCosineDecay, build_adamw, standard_callbacks
+from keras_hrvit.training import standard_callbacks
+from keras_hrvit.validation import check_number
+
+# Moved to keras_hrvit.weights.pretrained; imported here so that existing imports keep working.
+from keras_hrvit.weights.pretrained import (  # noqa: F401
+    _backbone_layers,
+    _find_backbone,
+    check_backbone_source,
+    transfer_backbone_weights,
+)
 
 MIXED_PRECISION_POLICIES = ("mixed_float16", "mixed_bfloat16")
-
-# A 0.4 M-parameter HRViT for CPU smoke runs and tests; the preset table wins if it has one.
-TINY_BACKBONE_CONFIG = {
-    "stem_channels": 16,
-    "channels": (16, 32, 48, 64),
-    "blocks": ((1,), (1, 1), (1, 1, 2), (1, 1, 2), (1, 1, 2, 1), (1, 1, 1, 1)),
-    "head_dim": 8,
-    "window_sizes": (1, 2, 7, 7),
-    "mlp_ratios": (4, 3, 2, 2),
-}
-TINY_HEAD_CHANNELS = (8, 16, 32, 64)
-DEFAULT_HEAD_CHANNELS = (32, 64, 128, 256)
-
-# DeiT's warm-up start and cosine floor (timm's `warmup_lr` and `min_lr`).
-WARMUP_START_LR = 1e-6
-MIN_LR = 1e-5
-# The paper warms up for 20 of its 300 epochs.
-PAPER_EPOCHS, PAPER_WARMUP_EPOCHS = 300, 20
-LR_REFERENCE_BATCH = 1024
+MODEL_FILE = "model.keras"
+LR_REFERENCE_BATCH = CLASSIFICATION_RECIPE["reference_batch_size"]
 
 
 def model_names():
-    """Names accepted by `build_classifier`: the backbone presets plus `hrvit_tiny`."""
-    return tuple(sorted(set(BACKBONE_PRESETS) | {"hrvit_tiny"}))
-
-
-def build_backbone(name, drop_path_rate=0.1, input_shape=(None, None, 3)):
-    """An `HRViTBackbone` by preset name; `hrvit_tiny` falls back to `TINY_BACKBONE_CONFIG`.
-
-    Example:
-    >>> build_backbone("hrvit_tiny", drop_path_rate=0.0).channels
-    [16, 32, 48, 64]
-    """
-    if name in BACKBONE_PRESETS:
-        return HRViTBackbone.from_preset(
-            name, drop_path_rate=drop_path_rate, input_shape=tuple(input_shape), name=name
-        )
-    if name == "hrvit_tiny":
-        return HRViTBackbone(
-            **TINY_BACKBONE_CONFIG,
-            drop_path_rate=drop_path_rate,
-            input_shape=tuple(input_shape),
-            name=name,
-        )
-    raise ValueError(f"Unknown model {name!r}. Known models: {', '.join(model_names())}.")
+    """Names accepted by `build_classifier`: the backbone presets."""
+    return tuple(sorted(BACKBONE_PRESETS))
 
 
 def build_classifier(
     name, num_classes, *, drop_path_rate=0.1, dropout=0.1, head_channels=None, image_size=None
 ):
-    """An `HRViTClassifier` that outputs logits, with the paper's drop path and head dropout.
+    """`HRViTClassifier.from_preset(name)` that outputs logits, as the training CLI builds it.
 
     Args:
-        name: a backbone preset (`hrvit_b1`, ...) or `hrvit_tiny`.
+        name: a backbone preset (`hrvit_b1`, ..., `hrvit_tiny`).
         num_classes: width of the top layer.
         drop_path_rate: stochastic depth, rising linearly over the modules up to this value.
         dropout: dropout before the top layer.
-        head_channels: widths of the HRNetV2 head; default `(32, 64, 128, 256)`, or
-            `(8, 16, 32, 64)` for `hrvit_tiny`.
+        head_channels: widths of the HRNetV2 head; default the preset's.
         image_size: fix the input to `image_size x image_size`; `None` accepts any size.
 
     Example:
@@ -111,17 +79,17 @@ def build_classifier(
     >>> model(keras.ops.ones((2, 64, 64, 3))).shape
     (2, 8)
     """
-    if head_channels is None:
-        head_channels = TINY_HEAD_CHANNELS if name == "hrvit_tiny" else DEFAULT_HEAD_CHANNELS
-    shape = (None, None, 3) if image_size is None else (image_size, image_size, 3)
-    backbone = build_backbone(name, drop_path_rate=drop_path_rate, input_shape=shape)
-    return HRViTClassifier(
-        backbone,
+    overrides = {"head_channels": head_channels} if head_channels is not None else {}
+    if image_size is not None:
+        overrides["input_shape"] = (image_size, image_size, 3)
+    return HRViTClassifier.from_preset(
+        name,
         classes=num_classes,
         classifier_activation=None,
-        head_channels=head_channels,
+        drop_path_rate=drop_path_rate,
         dropout=dropout,
         name=f"{name}_classifier",
+        **overrides,
     )
 
 
@@ -133,15 +101,6 @@ def scaled_learning_rate(base_lr, batch_size):
     0.00025
     """
     return base_lr * batch_size / LR_REFERENCE_BATCH
-
-
-def _check_number(name, value, minimum=0.0, strict=False, integer=False):
-    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
-    bad_type = isinstance(value, bool) or not isinstance(value, kinds)
-    if bad_type or (value <= minimum if strict else value < minimum) or not math.isfinite(value):
-        relation = ">" if strict else ">="
-        kind = "an integer" if integer else "a number"
-        raise ValueError(f"`{name}` must be {kind} {relation} {minimum}; received {value!r}.")
 
 
 def _cardinality(ds):
@@ -177,8 +136,8 @@ def train_classifier(
     base_lr=1e-3,
     weight_decay=0.05,
     warmup_epochs=20,
-    warmup_start_lr=WARMUP_START_LR,
-    min_lr=MIN_LR,
+    warmup_start_lr=CLASSIFICATION_RECIPE["warmup_start_lr"],
+    min_lr=CLASSIFICATION_RECIPE["min_lr"],
     global_clipnorm=1.0,
     mixed_precision=None,
     callbacks=None,
@@ -241,33 +200,23 @@ def train_classifier(
     ...     train_classifier(model, train, val, output_dir="runs/dp", epochs=5, batch_size=64,
     ...                      distribution="data_parallel")
     """
-    if not isinstance(model, keras.Model):
-        raise ValueError(f"`model` must be a keras.Model; received {type(model).__name__}.")
-    last = model.layers[-1] if model.layers else None
-    activation = getattr(last, "activation", None)
-    if activation is not None and activation is not keras.activations.linear:
+    if not isinstance(model, HRViTClassifier) or model.classes is None:
         raise ValueError(
-            f"The model's top layer {last.name!r} applies {activation.__name__!r}; the loss "
-            "expects logits. Build the classifier with `classifier_activation=None`."
+            "`model` must be an HRViTClassifier with a top layer (e.g. from `build_classifier`); "
+            f"received {type(model).__name__}."
         )
     if not output_dir:
         raise ValueError("`output_dir` must be a non-empty path.")
-    _check_number("epochs", epochs, 1, integer=True)
-    _check_number("batch_size", batch_size, 1, integer=True)
+    check_number("epochs", epochs, 1, integer=True)
+    check_number("batch_size", batch_size, 1, integer=True)
     if steps_per_epoch is not None:
-        _check_number("steps_per_epoch", steps_per_epoch, 1, integer=True)
-    _check_number("base_lr", base_lr, 0.0, strict=True)
-    _check_number("weight_decay", weight_decay)
-    _check_number("warmup_epochs", warmup_epochs)
+        check_number("steps_per_epoch", steps_per_epoch, 1, integer=True)
+    check_number("warmup_epochs", warmup_epochs, 0)
     if warmup_epochs > epochs:
         raise ValueError(
             f"`warmup_epochs` ({warmup_epochs}) must be at most `epochs` ({epochs}); pass a "
             "shorter warm-up for a short run (the paper warms up for 20 of 300 epochs)."
         )
-    _check_number("warmup_start_lr", warmup_start_lr)
-    _check_number("min_lr", min_lr)
-    if global_clipnorm is not None:
-        _check_number("global_clipnorm", global_clipnorm, 0.0, strict=True)
     if mixed_precision not in (None,) + MIXED_PRECISION_POLICIES:
         raise ValueError(
             f"`mixed_precision` must be None or one of {MIXED_PRECISION_POLICIES}; received "
@@ -305,35 +254,24 @@ def train_classifier(
         train_ds = shardable_batches(train_ds, replicas, "train_ds")
         if val_ds is not None:
             val_ds = shardable_batches(val_ds, replicas, "val_ds")
-        lr = scaled_learning_rate(base_lr, batch_size)
         print(
             f"Learning rate: base_lr {base_lr:g} x batch_size {batch_size} / "
-            f"{LR_REFERENCE_BATCH} = {lr:.4g}"
+            f"{LR_REFERENCE_BATCH} = {scaled_learning_rate(base_lr, batch_size):.4g}"
         )
-        total_steps = int(epochs * steps_per_epoch)
-        warmup_steps = min(total_steps, int(round(warmup_epochs * steps_per_epoch)))
-        schedule = WarmupCosineDecay(
-            lr,
-            total_steps=total_steps,
-            warmup_steps=warmup_steps,
-            # A small batch can scale the peak below DeiT's absolute floors.
-            warmup_start_lr=min(warmup_start_lr, lr),
-            min_lr=min(min_lr, lr),
-        )
-        optimizer = build_adamw(
-            model, schedule, weight_decay=weight_decay, global_clipnorm=global_clipnorm
-        )
-        check_gradient_clipping(optimizer, replicas)
         model.compile(
-            optimizer=optimizer,
-            loss=keras.losses.CategoricalCrossentropy(from_logits=True),
-            metrics=[
-                keras.metrics.CategoricalAccuracy(name="top1_accuracy"),
-                keras.metrics.TopKCategoricalAccuracy(5, name="top5_accuracy"),
-            ],
+            epochs=int(epochs),
+            steps_per_epoch=int(steps_per_epoch),
+            learning_rate=base_lr,
+            batch_size=batch_size,
+            weight_decay=weight_decay,
+            warmup_fraction=warmup_epochs / epochs,
+            warmup_start_lr=warmup_start_lr,
+            min_lr=min_lr,
+            global_clipnorm=global_clipnorm,
             jit_compile=jit_compile,
             run_eagerly=run_eagerly,
         )
+        check_gradient_clipping(model.optimizer, replicas)
         monitor = "val_top1_accuracy" if val_ds is not None else "loss"
         all_callbacks = standard_callbacks(
             output_dir,
@@ -351,97 +289,6 @@ def train_classifier(
             # The pipelines shuffle; Keras cannot shuffle a tf.data.Dataset and would warn.
             shuffle=False,
         )
-
-
-# ------------------------------------------------------------------------------------------------
-# Classifier -> segmenter weight transfer
-# ------------------------------------------------------------------------------------------------
-
-
-def _find_backbone(model):
-    if isinstance(model, HRViTBackbone):
-        return model
-    backbone = getattr(model, "backbone", None)
-    if isinstance(backbone, HRViTBackbone):
-        return backbone
-    nested = [layer for layer in getattr(model, "layers", ()) if isinstance(layer, HRViTBackbone)]
-    return nested[0] if len(nested) == 1 else None
-
-
-def _backbone_layers(model, role):
-    if not isinstance(model, keras.Model):
-        raise ValueError(f"The {role} must be a keras.Model; received {type(model).__name__}.")
-    backbone = _find_backbone(model)
-    # `HRViTClassifier` wires its head onto the backbone's graph, so its backbone layers are its
-    # own top-level layers rather than a nested model.
-    layers = backbone.layers if backbone is not None else model.layers
-    return {layer.name: layer for layer in layers if layer.weights}
-
-
-def transfer_backbone_weights(classifier, target):
-    """Copies the backbone weights of a classifier into a segmenter or backbone, layer by layer.
-
-    Backbone layers have the same names (`stem`, `m{m}_fusion`, `m{m}_embed{i}`,
-    `m{m}_branch{i}_block{b}`, `m{m}_norm{i}`) in classifiers and backbones, so every weighted
-    layer of the target's backbone is matched by name in `classifier`; all its weights, BatchNorm
-    statistics included, are copied. Drop path rates may differ (they have no weights).
-
-    Args:
-        classifier: an `HRViTClassifier` (or a backbone) holding the pretrained weights.
-        target: an `HRViTSegmenter`, an `HRViTBackbone` or a model with one `HRViTBackbone`.
-
-    Returns:
-        The names of the copied layers, in the target backbone's order.
-
-    Raises:
-        ValueError: when a target layer is missing from `classifier`, is of another type, or
-            has weights of other shapes (e.g. a different backbone configuration).
-
-    Example:
-    >>> segmenter = HRViTSegmenter(build_backbone("hrvit_tiny"), num_classes=5)
-    >>> copied = transfer_backbone_weights(pretrained_classifier, segmenter)
-    """
-    source = _backbone_layers(classifier, "classifier")
-    target_backbone = _find_backbone(target)
-    if target_backbone is None:
-        raise ValueError(
-            "`target` must be an HRViTSegmenter, an HRViTBackbone or a model holding exactly one "
-            f"HRViTBackbone; received {type(target).__name__} {getattr(target, 'name', '')!r}."
-        )
-    destination = _backbone_layers(target_backbone, "target")
-    missing = [name for name in destination if name not in source]
-    if missing:
-        raise ValueError(
-            f"The classifier {classifier.name!r} has no layers named {missing[:5]}"
-            f"{' ...' if len(missing) > 5 else ''}; it was not built on an HRViT backbone of the "
-            "same configuration."
-        )
-    # Check everything before writing anything, so a mismatch leaves the target untouched.
-    plan = []
-    for name, layer in destination.items():
-        src = source[name]
-        if type(src) is not type(layer):
-            raise ValueError(
-                f"Layer {name!r} is a {type(src).__name__} in the classifier but a "
-                f"{type(layer).__name__} in the target."
-            )
-        values = src.get_weights()
-        if len(values) != len(layer.weights):
-            raise ValueError(
-                f"Layer {name!r} has {len(values)} weights in the classifier but "
-                f"{len(layer.weights)} in the target; the backbone configurations differ."
-            )
-        for value, variable in zip(values, layer.weights):
-            if tuple(value.shape) != tuple(variable.shape):
-                raise ValueError(
-                    f"Shape mismatch in layer {name!r}, weight {variable.path!r}: classifier "
-                    f"{tuple(value.shape)} vs target {tuple(variable.shape)}; the backbone "
-                    "configurations differ."
-                )
-        plan.append((layer, values))
-    for layer, values in plan:
-        layer.set_weights(values)
-    return [layer.name for layer, _ in plan]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -499,8 +346,7 @@ def add_parser(subparsers):
         "--warmup-epochs",
         type=float,
         default=None,
-        help=f"default: {PAPER_WARMUP_EPOCHS}, or {PAPER_WARMUP_EPOCHS}/{PAPER_EPOCHS} of a "
-        "shorter run",
+        help="default: the paper's 20 of 300 epochs, as a fraction of --epochs",
     )
     parser.add_argument("--clipnorm", type=float, default=1.0, help="global norm; 0 disables")
     parser.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate")
@@ -524,7 +370,19 @@ def add_parser(subparsers):
     )
     parser.add_argument("--data-dir", default=None, help="tfds data folder")
     parser.add_argument("--manual-dir", default=None, help="tfds manual download folder")
-    parser.add_argument("--output-dir", default="runs/classification")
+    parser.add_argument(
+        "--backbone-weights",
+        default=None,
+        metavar="PATH",
+        help="pretrained backbone to start from: an original checkpoint (.pth, .pt, .npz, "
+        ".safetensors), a classifier .keras, a .weights.h5, or a preset folder / hf:// / "
+        "kaggle:// handle; loaded before training, not when resuming",
+    )
+    parser.add_argument(
+        "--output-dir",
+        default="runs/classification",
+        help="checkpoints, history and curves; the final model is OUTPUT_DIR/model.keras",
+    )
     parser.add_argument("--mixed-precision", default=None, choices=MIXED_PRECISION_POLICIES)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument(
@@ -582,8 +440,13 @@ def run_train_command(args, parser):
         _check_args(args)
     except ValueError as error:
         parser.error(str(error))
+    if args.backbone_weights is not None:
+        try:
+            check_backbone_source(args.backbone_weights)
+        except (ValueError, OSError) as error:
+            parser.error(f"--backbone-weights: {error}")
     check_distribution_argument(args, parser)
-    run(args)
+    run(args, parser)
     return 0
 
 
@@ -618,8 +481,12 @@ def _load(args, split, num_images):
     return ds, class_names, count
 
 
-def run(args):
+def run(args, parser=None):
     """Runs the `classification` subcommand; returns the `History`.
+
+    The trained model is saved as `OUTPUT_DIR/model.keras`. With `parser`, a
+    `--backbone-weights` that cannot be loaded is reported with `parser.error`; without, it
+    raises.
 
     Example:
     >>> run(parser.parse_args(["classification", "--model", "hrvit_tiny", "--epochs", "1"]))
@@ -628,11 +495,12 @@ def run(args):
         classification_eval_pipeline,
         classification_train_pipeline,
     )
+    from keras_hrvit.tasks.segmentation import apply_backbone_weights
 
     _check_args(args)
     warmup = args.warmup_epochs
     if warmup is None:
-        warmup = min(PAPER_WARMUP_EPOCHS, args.epochs * PAPER_WARMUP_EPOCHS / PAPER_EPOCHS)
+        warmup = args.epochs * CLASSIFICATION_RECIPE["warmup_fraction"]
     previous_policy = keras.config.dtype_policy()
     if args.mixed_precision:
         # The policy must be global while the model is built so that every layer picks it up.
@@ -700,6 +568,8 @@ def run(args):
             else:
                 print(f"--no-resume: removing {backup} and starting from scratch.")
                 shutil.rmtree(backup)
+        resuming = os.path.exists(backup)
+        apply_backbone_weights(model, getattr(args, "backbone_weights", None), resuming, parser)
         settings = {k: v for k, v in vars(args).items() if k not in ("run", "command_parser")}
         settings.update(backend=keras.backend.backend(), class_names=list(class_names))
         with open(os.path.join(args.output_dir, "train_args.json"), "w", encoding="utf-8") as f:
@@ -726,6 +596,9 @@ def run(args):
             verbose=args.verbose,
             distribution=args.distribution,
         )
+        path = os.path.join(args.output_dir, MODEL_FILE)
+        atomic_write(path, model.save, ".keras")
+        print(f"Saved {path}")
     finally:
         keras.config.set_dtype_policy(previous_policy)
     logs = history.history

@@ -30,10 +30,7 @@ from keras_hrvit.data import (
     ADE20K_CLASSES,
     CITYSCAPES_CLASSES,
     IGNORE_LABEL,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     SHAPES_CLASSES,
-    denormalize,
     load_ade20k,
     load_cityscapes,
     load_folder,
@@ -48,23 +45,22 @@ from keras_hrvit.distribution import (
     training_scope,
 )
 from keras_hrvit.inference import predict_logits, resize_logits
-from keras_hrvit.losses import SegmentationCrossEntropy
-from keras_hrvit.metrics import ConfusionMatrix, SegmentationMeanIoU
-from keras_hrvit.models.backbone import HRViTBackbone
-from keras_hrvit.models.presets import BACKBONE_PRESETS, SEGMENTER_PRESETS
-from keras_hrvit.models.segmenter import AUXILIARY_LOSS_WEIGHT, HEADS, HRViTSegmenter
+from keras_hrvit.metrics import ConfusionMatrix
+from keras_hrvit.models.segmenter import HEADS, HRViTSegmenter
+from keras_hrvit.presets import BACKBONE_PRESETS, SEGMENTER_PRESETS
 from keras_hrvit.tasks.cli import (
     add_compile_arguments,
     add_distribution_argument,
     check_distribution_argument,
     compile_kwargs,
 )
-from keras_hrvit.training import WarmupPolyDecay, build_adamw, standard_callbacks
+from keras_hrvit.training import standard_callbacks
 from keras_hrvit.training.callbacks import _atomic_write, _write_json
+from keras_hrvit.validation import check_positive_int
 from keras_hrvit.visualize import save_segmentation_panel
+from keras_hrvit.weights.pretrained import check_backbone_source, load_backbone_weights
 
 DATASETS = ("shapes", "ade20k", "cityscapes", "folder")
-HEAD_PREFIXES = ("decode_head", "auxiliary_head")
 MODEL_FILE = "model.keras"
 REPORT_FILE = "report.json"
 
@@ -110,70 +106,10 @@ DATASET_DEFAULTS = {
 # --- models -----------------------------------------------------------------------------------
 
 
-def known_model_presets():
-    """Names accepted by `build_segmenter`: segmenter presets, then backbone presets."""
-    return sorted(SEGMENTER_PRESETS) + sorted(BACKBONE_PRESETS)
-
-
-def build_segmenter(
-    preset,
-    num_classes=None,
-    head=None,
-    head_channels=None,
-    auxiliary_head=None,
-    drop_path_rate=None,
-    dropout=0.1,
-):
-    """An `HRViTSegmenter` from a segmenter preset or a backbone preset plus a head.
-
-    Segmenter presets (`hrvit_b1_ade20k`, ...) keep their head, width and drop path rate unless
-    overridden; backbone presets (`hrvit_b1`, ...) get `head` (default SegFormer), and UperNet
-    gets MMSegmentation's auxiliary FCN head unless `auxiliary_head=False`.
-
-    Example:
-
-    >>> model = build_segmenter("hrvit_b1", num_classes=19, head="upernet")
-    >>> [o.name for o in model.outputs]  # main and auxiliary logits
-    """
-    if head is not None and head not in HEADS:
-        raise ValueError(f"Unknown head {head!r}. Known heads: {', '.join(HEADS)}.")
-    if num_classes is not None and (isinstance(num_classes, bool) or int(num_classes) < 1):
-        raise ValueError(f"`num_classes` must be a positive int; got {num_classes!r}.")
-    if preset in SEGMENTER_PRESETS:
-        overrides = {"dropout": dropout}
-        for key, value in (
-            ("num_classes", num_classes),
-            ("head", head),
-            ("head_channels", head_channels),
-            ("drop_path_rate", drop_path_rate),
-        ):
-            if value is not None:
-                overrides[key] = value
-        if auxiliary_head is not None:
-            overrides["auxiliary_head"] = auxiliary_head
-        elif head is not None:
-            # Switching a preset's head decides the auxiliary head afresh.
-            overrides["auxiliary_head"] = head == "upernet"
-        return HRViTSegmenter.from_preset(preset, **overrides)
-    if preset in BACKBONE_PRESETS:
-        if num_classes is None:
-            raise ValueError(f"Backbone preset {preset!r} needs `num_classes`.")
-        head = head or "segformer"
-        backbone = HRViTBackbone.from_preset(
-            preset, drop_path_rate=0.1 if drop_path_rate is None else drop_path_rate
-        )
-        return HRViTSegmenter(
-            backbone,
-            int(num_classes),
-            head=head,
-            head_channels=head_channels,
-            dropout=dropout,
-            auxiliary_head=(head == "upernet") if auxiliary_head is None else auxiliary_head,
-        )
-    raise ValueError(
-        f"Unknown model preset {preset!r}. Segmenter presets: "
-        f"{', '.join(sorted(SEGMENTER_PRESETS))}. Backbone presets (used with a head): "
-        f"{', '.join(sorted(BACKBONE_PRESETS))}."
+def build_segmenter(preset, **overrides):
+    """`HRViTSegmenter.from_preset` with the CLI's `None` meaning "the preset's own value"."""
+    return HRViTSegmenter.from_preset(
+        preset, **{key: value for key, value in overrides.items() if value is not None}
     )
 
 
@@ -269,11 +205,6 @@ def _check_dataset(ds, name):
         )
 
 
-def _check_positive(value, name, kind=int):
-    if isinstance(value, bool) or not isinstance(value, kind | np.integer) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive {kind.__name__}; got {value!r}.")
-
-
 def mean_iou_key(model, validation=True):
     """The `fit` log key of the main head's mean IoU, e.g. `"val_mean_iou"`.
 
@@ -294,16 +225,6 @@ def train_segmenter(
     output_dir,
     epochs,
     steps_per_epoch=None,
-    learning_rate=6e-5,
-    weight_decay=0.01,
-    head_lr_mult=10.0,
-    warmup_steps=1500,
-    warmup_ratio=1e-6,
-    power=1.0,
-    beta_1=0.9,
-    beta_2=0.999,
-    clipnorm=None,
-    ignore_label=IGNORE_LABEL,
     validation_steps=None,
     jit_compile="auto",
     run_eagerly=False,
@@ -311,42 +232,31 @@ def train_segmenter(
     callbacks=None,
     verbose="auto",
     distribution=None,
+    **recipe,
 ):
-    """Trains an `HRViTSegmenter` with the HRViT (MMSegmentation) recipe; resumable.
+    """`model.compile(...)` with the paper's recipe, then a resumable `model.fit`.
 
-    AdamW without weight decay on norms and biases, `head_lr_mult` times the learning rate on
-    every variable of `decode_head` and `auxiliary_head`, poly decay to 0 after a linear
-    warm-up (`WarmupPolyDecay`, counted in optimizer steps), `SegmentationCrossEntropy` and
-    `SegmentationMeanIoU`. With an auxiliary head the masks feed both outputs and the losses
-    are weighted `(1, AUXILIARY_LOSS_WEIGHT)`.
-
-    Everything goes to `output_dir`: `checkpoints/last.keras` and `checkpoints/best.keras` (by
-    validation mean IoU, else training loss) written atomically each epoch, `history.json` and
-    `training_curves.png`, TensorBoard logs in `logs/`, and `backup/`, from which rerunning the
-    same call after a crash resumes at the last finished epoch with the optimizer state and the
-    learning-rate schedule where they were.
+    The recipe is `HRViTSegmenter.compile()`'s (AdamW groups, heads at 10x, warm-up then poly
+    decay over `epochs * steps_per_epoch` steps, `SegmentationCrossEntropy`, mean IoU);
+    `recipe` keywords (`learning_rate`, `weight_decay`, `head_lr_mult`, `warmup_steps`,
+    `warmup_ratio`, `power`, `beta_1`, `beta_2`, `clipnorm`) change it. This adds what a run
+    needs around `fit`: everything goes to `output_dir`: `checkpoints/last.keras` and
+    `checkpoints/best.keras` (by validation mean IoU, else training loss) written atomically each
+    epoch, `history.json` and `training_curves.png`, TensorBoard logs in `logs/`, and `backup/`,
+    from which rerunning the same call after a crash resumes at the last finished epoch.
 
     Args:
-        model: an `HRViTSegmenter` (any functional model with logits outputs works).
-        train_ds: batched `(images, masks)` tf.data pipeline (`segmentation_train_pipeline`);
-            it is repeated, so an epoch is `steps_per_epoch` batches.
+        model: an `HRViTSegmenter`.
+        train_ds: batched `(images, masks)` tf.data pipeline (`segmentation_train_pipeline`),
+            images 0-255; it is repeated, so an epoch is `steps_per_epoch` batches.
         val_ds: batched validation pipeline, or None.
         output_dir: run directory.
         epochs: number of epochs.
         steps_per_epoch: optimizer steps per epoch; None for one pass over `train_ds` (its
             cardinality must be known).
-        learning_rate: peak learning rate of the backbone.
-        weight_decay: decoupled weight decay (PyTorch AdamW convention).
-        head_lr_mult: learning-rate multiplier of the heads.
-        warmup_steps: linear warm-up steps, capped at the total number of steps.
-        warmup_ratio, power: `WarmupPolyDecay` arguments.
-        beta_1, beta_2: Adam moment rates.
-        clipnorm: optional per-variable gradient norm clipping.
-        ignore_label: mask value that counts nowhere.
         validation_steps: validation batches per epoch; None for all of `val_ds`.
-        jit_compile: `model.compile`'s `jit_compile` ("auto", True or False).
-        run_eagerly: `model.compile`'s `run_eagerly`: no graph tracing (TensorFlow spends a
-            minute or more tracing HRViT's train step; eager steps are slower but start at once).
+        jit_compile, run_eagerly: `model.compile`'s (TensorFlow spends a minute or more tracing
+            HRViT's train step; eager steps are slower but start at once).
         tensorboard: whether to write TensorBoard logs.
         callbacks: extra Keras callbacks, run after the standard ones.
         verbose: `fit` verbosity.
@@ -363,22 +273,15 @@ def train_segmenter(
 
     >>> history = train_segmenter(model, train, val, output_dir="runs/a", epochs=20,
     ...                           steps_per_epoch=100, learning_rate=2e-3, warmup_steps=200)
-
-    On several devices:
-
-    >>> with distribution_scope("data_parallel"):
-    ...     model = build_segmenter("hrvit_tiny_shapes")
-    ...     train_segmenter(model, train, val, output_dir="runs/dp", epochs=20,
-    ...                     steps_per_epoch=100, distribution="data_parallel")
     """
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"`model` must be a Keras model; got {type(model).__name__}.")
+    if not isinstance(model, HRViTSegmenter):
+        raise TypeError(f"`model` must be an HRViTSegmenter; got {type(model).__name__}.")
     _check_dataset(train_ds, "train_ds")
     if val_ds is not None:
         _check_dataset(val_ds, "val_ds")
     if not output_dir:
         raise ValueError("`output_dir` must be a non-empty path.")
-    _check_positive(epochs, "epochs")
+    check_positive_int("epochs", epochs)
     if steps_per_epoch is None:
         cardinality = int(train_ds.cardinality())
         if cardinality <= 0:
@@ -387,75 +290,27 @@ def train_segmenter(
                 f"(cardinality {cardinality})."
             )
         steps_per_epoch = cardinality
-    _check_positive(steps_per_epoch, "steps_per_epoch")
+    check_positive_int("steps_per_epoch", steps_per_epoch)
     if validation_steps is not None:
-        _check_positive(validation_steps, "validation_steps")
-    if isinstance(learning_rate, bool) or not isinstance(learning_rate, int | float):
-        raise ValueError(f"`learning_rate` must be a positive number; got {learning_rate!r}.")
-    if learning_rate <= 0:
-        raise ValueError(f"`learning_rate` must be a positive number; got {learning_rate!r}.")
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-        raise ValueError(f"`warmup_steps` must be an int >= 0; got {warmup_steps!r}.")
-    if head_lr_mult <= 0:
-        raise ValueError(f"`head_lr_mult` must be > 0; got {head_lr_mult!r}.")
+        check_positive_int("validation_steps", validation_steps)
+    unknown = sorted(set(recipe) - set(model.recipe))
+    if unknown:
+        raise TypeError(
+            f"Unknown recipe arguments {unknown}; the recipe takes {sorted(model.recipe)}."
+        )
 
     with training_scope(model, distribution) as replicas:
         train_ds = shardable_batches(train_ds, replicas, "train_ds")
         if val_ds is not None:
             val_ds = shardable_batches(val_ds, replicas, "val_ds")
-        total_steps = int(epochs) * int(steps_per_epoch)
-        schedule = WarmupPolyDecay(
-            float(learning_rate),
-            total_steps,
-            warmup_steps=min(warmup_steps, total_steps),
-            warmup_ratio=warmup_ratio,
-            power=power,
+        model.compile(
+            epochs=int(epochs),
+            steps_per_epoch=int(steps_per_epoch),
+            jit_compile=jit_compile,
+            run_eagerly=run_eagerly,
+            **recipe,
         )
-        top_level = {v.path.split("/")[0] for v in model.trainable_variables}
-        multipliers = {p: float(head_lr_mult) for p in HEAD_PREFIXES if p in top_level}
-        optimizer = build_adamw(
-            model,
-            schedule,
-            weight_decay=float(weight_decay),
-            beta_1=beta_1,
-            beta_2=beta_2,
-            clipnorm=clipnorm,
-            lr_multipliers=multipliers if head_lr_mult != 1.0 and multipliers else None,
-        )
-        check_gradient_clipping(optimizer, replicas)
-        num_classes = int(model.outputs[0].shape[-1])
-        loss = SegmentationCrossEntropy(ignore_label=ignore_label)
-        metric = SegmentationMeanIoU(num_classes, ignore_label=ignore_label, name="mean_iou")
-        auxiliary = len(model.outputs) > 1
-        if auxiliary:
-            if len(model.outputs) != 2:
-                raise ValueError(f"Expected 1 or 2 model outputs; got {len(model.outputs)}.")
-            model.compile(
-                optimizer=optimizer,
-                loss=[loss, SegmentationCrossEntropy(ignore_label=ignore_label)],
-                loss_weights=[1.0, AUXILIARY_LOSS_WEIGHT],
-                metrics=[[metric], []],
-                jit_compile=jit_compile,
-                run_eagerly=run_eagerly,
-            )
-
-            def both_heads(images, masks):
-                return images, (masks, masks)
-
-            train_ds = train_ds.map(both_heads)
-            val_ds = None if val_ds is None else val_ds.map(both_heads)
-        else:
-            model.compile(
-                optimizer=optimizer,
-                loss=loss,
-                metrics=[metric],
-                jit_compile=jit_compile,
-                run_eagerly=run_eagerly,
-            )
-        # Build the optimizer now: under TensorFlow, slots created inside the first traced step
-        # make tf.function trace the whole train step a second time.
-        optimizer.build(model.trainable_variables)
-
+        check_gradient_clipping(model.optimizer, replicas)
         monitor = mean_iou_key(model) if val_ds is not None else "loss"
         run_callbacks = standard_callbacks(
             output_dir,
@@ -515,8 +370,6 @@ def evaluate_segmenter(
     output_dir=None,
     num_overlays=8,
     max_batches=None,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
     progress=True,
 ):
     """Streams `dataset` through `predict_logits` and scores it like MMSegmentation.
@@ -529,7 +382,7 @@ def evaluate_segmenter(
 
     Args:
         model: a segmenter returning NHWC logits (an auxiliary output is ignored).
-        dataset: batched `(images, masks)`, images normalized with `mean`/`std`.
+        dataset: batched `(images, masks)`, images 0-255.
         num_classes: number of classes; default: the model's.
         class_names: optional names for the report and the overlay legends.
         mode, crop_size, stride, flip, scales: `predict_logits` arguments ("whole" or "slide").
@@ -537,7 +390,6 @@ def evaluate_segmenter(
         output_dir: where to write the report and overlays; None writes nothing.
         num_overlays: how many overlay PNGs to write.
         max_batches: stop after this many batches (None: the whole dataset).
-        mean, std: the normalization to undo for the overlays.
         progress: show a tqdm progress bar.
 
     Returns:
@@ -562,7 +414,7 @@ def evaluate_segmenter(
     if isinstance(num_overlays, bool) or not isinstance(num_overlays, int) or num_overlays < 0:
         raise ValueError(f"`num_overlays` must be an int >= 0; got {num_overlays!r}.")
     if max_batches is not None:
-        _check_positive(max_batches, "max_batches")
+        check_positive_int("max_batches", max_batches)
         dataset = dataset.take(max_batches)
     matrix = ConfusionMatrix(num_classes, ignore_label=ignore_label, class_names=class_names)
     total = int(dataset.cardinality()) if hasattr(dataset, "cardinality") else -1
@@ -594,7 +446,7 @@ def evaluate_segmenter(
         predictions = keras.ops.convert_to_numpy(keras.ops.argmax(logits, axis=-1))
         matrix.update(masks, predictions)
         if output_dir is not None and written < num_overlays:
-            shown = denormalize(images[: num_overlays - written], mean=mean, std=std)
+            shown = np.clip(np.rint(images[: num_overlays - written]), 0, 255).astype(np.uint8)
             for image, mask, prediction in zip(shown, masks, predictions):
                 save_segmentation_panel(
                     os.path.join(output_dir, "overlays", f"{written:04d}.png"),
@@ -733,6 +585,15 @@ def register_train_command(subparsers):
     model.add_argument(
         "--num-classes", type=int, default=None, help="classes (default: the dataset's)"
     )
+    model.add_argument(
+        "--backbone-weights",
+        default=None,
+        metavar="PATH",
+        help="pretrained backbone to fine-tune from: an original checkpoint (.pth, .pt, .npz, "
+        ".safetensors), a classifier .keras (e.g. OUTPUT_DIR/model.keras of `train "
+        "classification`), a .weights.h5, or a preset folder / hf:// / kaggle:// handle; "
+        "loaded before training, not when resuming",
+    )
     opt = parser.add_argument_group("optimization")
     opt.add_argument("--batch-size", type=int, default=8, help="images per step")
     opt.add_argument("--epochs", type=int, default=10, help="epochs")
@@ -817,7 +678,33 @@ def _validate_train_arguments(args, parser):
         parser.error("--auxiliary-head needs --head upernet.")
     if args.seed < 0:
         parser.error(f"--seed must be >= 0; got {args.seed}.")
+    if args.backbone_weights is not None:
+        try:
+            check_backbone_source(args.backbone_weights)
+        except (ValueError, OSError) as error:
+            parser.error(f"--backbone-weights: {error}")
     check_distribution_argument(args, parser)
+
+
+def apply_backbone_weights(model, source, resuming, parser=None):
+    """`--backbone-weights` of the training CLIs: loads `source` into the model's backbone
+    (printing what was loaded) unless the run resumes from its backup, which restores every
+    weight. A source that cannot be loaded is a `parser.error` (raised without `parser`).
+
+    Returns the description of what was loaded, or None."""
+    if source is None:
+        return None
+    if resuming:
+        print(f"--backbone-weights {source} not loaded: the resumed run restores its own weights.")
+        return None
+    try:
+        description = load_backbone_weights(model, source)
+    except (ValueError, OSError, ImportError) as error:
+        if parser is None:
+            raise
+        parser.error(f"--backbone-weights: {error}")
+    print(f"Loaded pretrained weights: {description}")
+    return description
 
 
 def _print_summary(output_dir, key):
@@ -864,7 +751,8 @@ def run_train_command(args, parser):
     if not args.resume and os.path.exists(backup):
         print(f"--no-resume: removing {backup} and starting from scratch.")
         shutil.rmtree(backup)
-    elif os.path.exists(backup):
+    resuming = os.path.exists(backup)
+    if resuming:
         print(f"Resuming the interrupted run in {output_dir}.")
     settings = {k: v for k, v in vars(args).items() if k not in ("run", "command_parser")}
     settings["backend"] = keras.backend.backend()
@@ -885,6 +773,7 @@ def run_train_command(args, parser):
             )
     except ValueError as error:
         parser.error(str(error))
+    apply_backbone_weights(model, args.backbone_weights, resuming, parser)
     num_classes = _num_model_classes(model)
 
     shapes_args = {"image_size": args.image_size, "seed": args.data_seed}
@@ -957,6 +846,7 @@ __all__ = [
     "DATASETS",
     "DATASET_DEFAULTS",
     "add_dataset_arguments",
+    "apply_backbone_weights",
     "build_segmenter",
     "evaluate_segmenter",
     "fixed_size_validation_pipeline",

@@ -1,8 +1,8 @@
 """Crash-safe checkpointing, training curves and a standard callback set for `model.fit`.
 
-Every file written here goes to a temporary name in the destination directory first and is
-then moved into place with `os.replace`, which is atomic on POSIX and Windows, so a run killed
-mid-save leaves the previous file intact instead of a truncated one.
+Every file written here goes through `keras_hrvit.files.atomic_write` (a temporary name in the
+destination directory, then `os.replace`), so a run killed mid-save leaves the previous file
+intact instead of a truncated one.
 """
 
 import importlib.util
@@ -10,52 +10,29 @@ import json
 import logging
 import math
 import os
-import uuid
 
 import keras
 
+from keras_hrvit.files import atomic_write, write_json
+from keras_hrvit.validation import check_choice, check_positive_int
+
 logger = logging.getLogger(__name__)
+
+# The writers under their former private names, for modules not yet moved to keras_hrvit.files
+# (keras_hrvit/tasks/classification.py and segmentation.py import them from here).
+_atomic_write = atomic_write
+_write_json = write_json
 
 MODES = ("auto", "min", "max")
 _MAX_HINTS = ("acc", "iou", "dice", "auc", "precision", "recall", "f1", "fmeasure")
 
 
 def _resolve_mode(monitor, mode):
-    if mode not in MODES:
-        raise ValueError(f"`mode` must be one of {MODES}. Received: mode={mode!r}")
+    check_choice("mode", mode, MODES)
     if mode != "auto":
         return mode
     name = monitor.lower()
     return "max" if any(hint in name for hint in _MAX_HINTS) else "min"
-
-
-def _atomic_write(path, write_fn, suffix):
-    """Calls `write_fn(tmp_path)` on a sibling temporary file, then moves it onto `path`.
-
-    `suffix` must be the file's real extension: Keras picks the format from the name.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    stem = os.path.basename(path)[: -len(suffix)] if path.endswith(suffix) else "file"
-    tmp = os.path.join(directory, f".{stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
-    try:
-        write_fn(tmp)
-        # Flush to disk before the rename so that a power loss cannot leave the new name
-        # pointing at unwritten blocks.
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _write_json(path, data):
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-
-    _atomic_write(path, write, ".json")
 
 
 def _to_float(value):
@@ -105,8 +82,7 @@ class AtomicModelCheckpoint(keras.callbacks.Callback):
         super().__init__()
         if not directory:
             raise ValueError("`directory` must be a non-empty path.")
-        if isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1:
-            raise ValueError(f"`save_freq` must be an int >= 1 (epochs). Received: {save_freq!r}")
+        check_positive_int("save_freq", save_freq)
         if not last_name or not best_name or last_name == best_name:
             raise ValueError(
                 "`last_name` and `best_name` must be distinct non-empty names. Received: "
@@ -144,9 +120,9 @@ class AtomicModelCheckpoint(keras.callbacks.Callback):
 
     def _save(self, path):
         if self.save_weights_only:
-            _atomic_write(path, lambda tmp: self.model.save_weights(tmp), self.suffix)
+            atomic_write(path, lambda tmp: self.model.save_weights(tmp), self.suffix)
         else:
-            _atomic_write(path, lambda tmp: self.model.save(tmp), self.suffix)
+            atomic_write(path, lambda tmp: self.model.save(tmp), self.suffix)
 
     def _improved(self, value):
         if self.best is None:
@@ -180,7 +156,7 @@ class AtomicModelCheckpoint(keras.callbacks.Callback):
                 print(f"\nEpoch {epoch + 1}: {self.monitor} improved to {value:.5g}, saving best.")
             self.best = value
             self._save(self.best_path)
-            _write_json(
+            write_json(
                 self.best_state_path,
                 {"monitor": self.monitor, "mode": self.mode, "best": value, "epoch": epoch + 1},
             )
@@ -243,8 +219,8 @@ class TrainingCurves(keras.callbacks.Callback):
             if lr is not None:
                 record["learning_rate"] = lr
         self.records = [r for r in self.records if r.get("epoch") != epoch + 1] + [record]
-        _write_json(self.json_path, self.records)
-        _atomic_write(self.png_path, self._plot, ".png")
+        write_json(self.json_path, self.records)
+        atomic_write(self.png_path, self._plot, ".png")
 
     def _plot(self, path):
         # The object-oriented API with an explicit Agg canvas: no pyplot global state, no

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 import keras
 from keras import ops
 
+from keras_hrvit.validation import check_number
+
 EXCLUDE_MODES = ("norms_and_biases", "none")
 
 _NORM_LAYER_TYPES = tuple(
@@ -370,8 +372,7 @@ def build_adamw(
     _check_built(model)
     if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)):
         raise TypeError(f"`weight_decay` must be a number. Received: {weight_decay!r}")
-    if weight_decay < 0:
-        raise ValueError(f"`weight_decay` must be >= 0. Received: weight_decay={weight_decay}")
+    check_number("weight_decay", weight_decay, 0)
     if clipnorm is not None and global_clipnorm is not None:
         raise ValueError(
             "Pass at most one of `clipnorm` and `global_clipnorm`. Received: "

@@ -5,30 +5,28 @@ Both schedules are pure `keras.ops` functions of the step, so they trace under `
 """
 
 import math
+import numbers
 
 import keras
 from keras import ops
 
+from keras_hrvit.validation import check_number, check_positive_int
 
-def _check_positive(name, value, allow_zero=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+
+def _check_number(name, value, minimum, strict=False, maximum=None):
+    # A value of the wrong type is a TypeError, as in Keras; a number out of range (NaN and
+    # infinities included) a ValueError of `check_number`.
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"`{name}` must be a number. Received: {name}={value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        allowed = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"`{name}` must be {allowed}. Received: {name}={value}")
+    return check_number(name, value, minimum, maximum, strict=strict)
 
 
 def _check_steps(total_steps, warmup_steps):
     for name, value in (("total_steps", total_steps), ("warmup_steps", warmup_steps)):
-        if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise TypeError(f"`{name}` must be an int. Received: {name}={value!r}")
-    if total_steps < 1:
-        raise ValueError(f"`total_steps` must be >= 1. Received: total_steps={total_steps}")
-    if not 0 <= warmup_steps <= total_steps:
-        raise ValueError(
-            "`warmup_steps` must be in [0, total_steps]. Received: "
-            f"warmup_steps={warmup_steps}, total_steps={total_steps}"
-        )
+    check_positive_int("total_steps", total_steps)
+    check_number("warmup_steps", warmup_steps, 0, total_steps, integer=True)
 
 
 @keras.saving.register_keras_serializable(package="keras_hrvit")
@@ -69,15 +67,11 @@ class WarmupPolyDecay(keras.optimizers.schedules.LearningRateSchedule):
         name="WarmupPolyDecay",
     ):
         super().__init__()
-        _check_positive("base_lr", base_lr)
+        _check_number("base_lr", base_lr, 0, strict=True)
         _check_steps(total_steps, warmup_steps)
-        _check_positive("warmup_ratio", warmup_ratio, allow_zero=True)
-        if warmup_ratio > 1:
-            raise ValueError(
-                f"`warmup_ratio` must be in [0, 1]. Received: warmup_ratio={warmup_ratio}"
-            )
-        _check_positive("power", power)
-        _check_positive("min_lr", min_lr, allow_zero=True)
+        _check_number("warmup_ratio", warmup_ratio, 0, maximum=1)
+        _check_number("power", power, 0, strict=True)
+        _check_number("min_lr", min_lr, 0)
         if min_lr > base_lr:
             raise ValueError(
                 f"`min_lr` must be <= `base_lr`. Received: min_lr={min_lr}, base_lr={base_lr}"
@@ -151,10 +145,10 @@ class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
         name="WarmupCosineDecay",
     ):
         super().__init__()
-        _check_positive("base_lr", base_lr)
+        _check_number("base_lr", base_lr, 0, strict=True)
         _check_steps(total_steps, warmup_steps)
-        _check_positive("warmup_start_lr", warmup_start_lr, allow_zero=True)
-        _check_positive("min_lr", min_lr, allow_zero=True)
+        _check_number("warmup_start_lr", warmup_start_lr, 0)
+        _check_number("min_lr", min_lr, 0)
         if min_lr > base_lr:
             raise ValueError(
                 f"`min_lr` must be <= `base_lr`. Received: min_lr={min_lr}, base_lr={base_lr}"

@@ -5,18 +5,14 @@ import re
 
 
 def load_weights_into(model, path):
-    """Loads a `.weights.h5` or `.keras` file, or a preset's cached file, into `model`.
+    """Loads a `.weights.h5` or `.keras` file into `model`; on a mismatch `model` is unchanged.
 
-    `path` may be a preset name (`"hrvit_b1_ade20k"`): its verified file from the preset cache
-    (`keras_hrvit.weights.cache`) is loaded.
+    Weights of a preset folder are loaded, checked against their SHA-256, by
+    `Class.from_preset(folder)` (see `keras_hrvit.preset_io`).
 
     Example:
     >>> load_weights_into(model, "hrvit_b1_ade20k.weights.h5")
     """
-    from keras_hrvit.weights import cache
-
-    if cache.is_preset_name(path):
-        path = cache.resolve_preset_weights(path)
     path = os.fspath(path)
     if not path.endswith((".weights.h5", ".keras")):
         raise ValueError(f"Weights must be a `.weights.h5` or `.keras` file, got {path!r}.")

@@ -1,8 +1,16 @@
-"""Every named configuration of the package, in one table.
+"""Every named configuration and recipe of the package, as plain data (no imports).
 
 Backbone presets give the arguments of `HRViTBackbone`; segmenter presets name a backbone preset
-plus the head's arguments and the paper's drop path rate for that dataset.
+plus the head's arguments and the paper's drop path rate for that dataset; the recipes are what
+`compile()` sets up by default (HRVIT_SPEC.md, "Training recipes from the paper").
 """
+
+# ImageNet statistics on 0-255 pixels, as in the original training code. The models normalize
+# inside their graph (`include_preprocessing`), so data pipelines hand them raw pixels.
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+# Pixels with this label take no part in the loss or the metrics.
+IGNORE_LABEL = 255
 
 BACKBONE_PRESETS = {
     "hrvit_b1": {
@@ -121,3 +129,40 @@ SEGMENTER_PRESETS = {
 
 # Default width of each head when `head_channels` is not given.
 HEAD_CHANNELS = {"segformer": 256, "upernet": 512}
+
+# Default widths of the HRNetV2 classification head, one per branch.
+CLASSIFIER_HEAD_CHANNELS = (32, 64, 128, 256)
+TINY_CLASSIFIER_HEAD_CHANNELS = (8, 16, 32, 64)
+
+# The paper's fine-tuning recipe for ADE20K and Cityscapes (MMSegmentation): AdamW, no weight
+# decay on normalization weights and biases (HRViT has no position embeddings), the heads at 10x
+# the learning rate, linear warm-up then poly decay over 160k iterations.
+SEGMENTATION_RECIPE = {
+    "learning_rate": 6e-5,
+    "weight_decay": 0.01,
+    "beta_1": 0.9,
+    "beta_2": 0.999,
+    "head_lr_mult": 10.0,
+    "total_steps": 160_000,
+    "warmup_steps": 1500,
+    "warmup_ratio": 1e-6,
+    "power": 1.0,
+    "clipnorm": None,
+}
+
+# The paper's ImageNet recipe (DeiT's, through timm): AdamW at 1e-3 for a batch of 1024 (scaled
+# linearly with the batch size), no decay on norms and biases, cosine decay over 300 epochs with
+# 20 warm-up epochs, gradient clipping 1.0, label smoothing 0.1 (of class-id labels: the package's
+# pipelines smooth and mix their soft labels themselves).
+CLASSIFICATION_RECIPE = {
+    "learning_rate": 1e-3,
+    "reference_batch_size": 1024,
+    "weight_decay": 0.05,
+    "epochs": 300,
+    "steps_per_epoch": 1251,  # ImageNet-1k's 1,281,167 images at batch 1024
+    "warmup_fraction": 20 / 300,
+    "warmup_start_lr": 1e-6,
+    "min_lr": 1e-5,
+    "global_clipnorm": 1.0,
+    "label_smoothing": 0.1,
+}
