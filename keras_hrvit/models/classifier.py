@@ -7,7 +7,12 @@ import keras
 from keras_hrvit.heads.classification import HRNetClassifierHead
 from keras_hrvit.models.backbone import HRViTBackbone
 from keras_hrvit.models.task import HRViTTask, build_backbone_argument
-from keras_hrvit.presets import BACKBONE_PRESETS, CLASSIFICATION_RECIPE
+from keras_hrvit.presets import (
+    BACKBONE_PRESETS,
+    CLASSIFICATION_RECIPE,
+    CLASSIFIER_HEAD_CHANNELS,
+    TINY_CLASSIFIER_HEAD_CHANNELS,
+)
 from keras_hrvit.validation import check_number, check_positive_int
 
 
@@ -50,7 +55,7 @@ class HRViTClassifier(HRViTTask):
         backbone,
         classes=1000,
         classifier_activation="softmax",
-        head_channels=(32, 64, 128, 256),
+        head_channels=CLASSIFIER_HEAD_CHANNELS,
         dropout=0.1,
         drop_path_rate=0.1,
         input_tensor=None,
@@ -101,8 +106,6 @@ class HRViTClassifier(HRViTTask):
         backbone_args.setdefault("drop_path_rate", 0.1)
         backbone = HRViTBackbone.from_preset(preset, name=preset, **backbone_args)
         if "head_channels" not in overrides and preset == "hrvit_tiny":
-            from keras_hrvit.presets import TINY_CLASSIFIER_HEAD_CHANNELS
-
             overrides["head_channels"] = TINY_CLASSIFIER_HEAD_CHANNELS
         return cls(backbone, **overrides)
 
@@ -208,7 +211,7 @@ def _variant(preset):
         pooling=None,
         classes=1000,
         classifier_activation="softmax",
-        head_channels=(32, 64, 128, 256),
+        head_channels=CLASSIFIER_HEAD_CHANNELS,
         dropout=0.1,
         drop_path_rate=0.1,
         include_preprocessing=True,
