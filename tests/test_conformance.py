@@ -415,13 +415,6 @@ def test_models_under_mixed_precision(policy, global_policy):
             assert sublayer.dtype_policy.name == expected, (model.name, sublayer.name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HRViTBackbone drops `dtype=` (keras.Model's functional constructor ignores it) and "
-    "builds its layers under the global policy; KerasHub backbones pass `dtype` to every layer "
-    "they create, and serialize it (a DTypePolicyMap once quantized). To fix in "
-    "keras_hrvit/models/backbone.py, the task heads then following the backbone's policy.",
-)
 def test_backbone_takes_a_dtype_policy_as_keras_hub_backbones_do():
     backbone = MODEL_CASES[0].make(dtype="mixed_bfloat16")
     policies = {
@@ -432,6 +425,35 @@ def test_backbone_takes_a_dtype_policy_as_keras_hub_backbones_do():
     assert policies == {"mixed_bfloat16"}
     revived = type(backbone).from_config(backbone.get_config())
     assert revived.get_layer("stem").dtype_policy.name == "mixed_bfloat16"
+    # Without `dtype=` the config names none: a revived model follows the global policy.
+    assert "dtype" not in MODEL_CASES[0].make().get_config()
+    # The task heads follow their backbone's policy, whatever the global one.
+    for case in MODEL_CASES[1:]:
+        task = case.make(backbone=backbone)
+        for layer in task._flatten_layers(include_self=False):
+            if not isinstance(layer, keras.layers.InputLayer) and not _deliberately_float32(layer):
+                assert layer.dtype_policy.name == "mixed_bfloat16", (task.name, layer.name)
+
+
+def test_quantized_backbone_revives_from_its_config(monkeypatch):
+    # KerasHub's way: the config carries a DTypePolicyMap of the quantized layers, so that
+    # `from_config` builds them int8, ready for the int8 weights.
+    monkeypatch.setattr(gc, "collect", lambda *args: 0)  # see test_int8_quantization_...
+    backbone = MODEL_CASES[0].make()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have a `quantize` method")
+        warnings.filterwarnings("ignore", message=".*__array__ implementation")
+        backbone.quantize("int8")
+    x = MODEL_CASES[0].inputs()
+    expected = _flat(backbone(x, training=False))
+    revived = type(backbone).from_config(backbone.get_config())
+    quantized = [layer.path for layer in backbone._flatten_layers() if layer.quantization_mode]
+    assert quantized and quantized == [
+        layer.path for layer in revived._flatten_layers() if layer.quantization_mode == "int8"
+    ]
+    revived.set_weights(backbone.get_weights())
+    for r, e in zip(_flat(revived(x, training=False)), expected):
+        np.testing.assert_array_equal(_numpy(r), _numpy(e))
 
 
 # --- 4. output specs --------------------------------------------------------------------------

@@ -47,6 +47,9 @@ class HRViTBackbone(keras.Model):
         include_preprocessing: normalize 0-255 images inside the model (a float32
             `ImageNormalization` named `preprocessing`, so mixed precision starts from exact
             values).
+        dtype: dtype policy of every layer (default: the global policy), e.g.
+            `"mixed_bfloat16"`, or a `keras.dtype_policies.DTypePolicyMap` giving quantized
+            layers their policy by path, as KerasHub backbones take it.
 
     Example:
     >>> backbone = HRViTBackbone.from_preset("hrvit_b1")
@@ -66,6 +69,7 @@ class HRViTBackbone(keras.Model):
         remat=False,
         input_shape=(None, None, 3),
         include_preprocessing=True,
+        dtype=None,
         **kwargs,
     ):
         channels = [int(c) for c in channels]
@@ -88,15 +92,16 @@ class HRViTBackbone(keras.Model):
         x = inputs
         if include_preprocessing:
             x = ImageNormalization(name="preprocessing")(x)
-        features = [ConvStem(stem_channels, name="stem")(x)]
+        # A functional model's constructor ignores `dtype`: every layer is given it.
+        features = [ConvStem(stem_channels, name="stem", dtype=dtype)(x)]
         widths = [stem_channels]
         rates = drop_path_rates(blocks, drop_path_rate)
         for m, module in enumerate(blocks):
             out_widths = widths + channels[len(widths) : len(module)]
-            features = FusionBlock(widths, out_widths, name=f"m{m}_fusion")(features)
+            features = FusionBlock(widths, out_widths, name=f"m{m}_fusion", dtype=dtype)(features)
             next_features = []
             for i, x in enumerate(features):
-                x = EffPatchEmbed(channels[i], name=f"m{m}_embed{i}")(x)
+                x = EffPatchEmbed(channels[i], name=f"m{m}_embed{i}", dtype=dtype)(x)
                 for b in range(module[i]):
                     x = HRViTBlock(
                         channels[i],
@@ -106,13 +111,17 @@ class HRViTBackbone(keras.Model):
                         drop_path_rate=rates[m][b],
                         remat=remat,
                         name=f"m{m}_branch{i}_block{b}",
+                        dtype=dtype,
                     )(x)
-                next_features.append(layer_norm(f"m{m}_norm{i}")(x))
+                next_features.append(layer_norm(f"m{m}_norm{i}", dtype=dtype)(x))
             features = next_features
             widths = channels[: len(module)]
 
         kwargs.setdefault("name", "hrvit_backbone")
         super().__init__(inputs=inputs, outputs=features, **kwargs)
+        if dtype is not None:
+            self.dtype_policy = dtype
+        self._given_dtype = dtype
         self.stem_channels = stem_channels
         self.channels = channels
         self.blocks = blocks
@@ -139,6 +148,7 @@ class HRViTBackbone(keras.Model):
             "remat": self.remat,
             "input_shape": self.image_shape,
             "include_preprocessing": self.include_preprocessing,
+            **_dtype_config(self),
         }
 
     @classmethod
@@ -155,6 +165,25 @@ class HRViTBackbone(keras.Model):
         config.update(overrides)
         config.setdefault("name", preset)
         return cls(**config)
+
+
+def _dtype_config(model):
+    """`{"dtype": ...}` when it must travel with the config, as KerasHub's backbones do: the
+    policy given to the constructor, or once layers are quantized a `DTypePolicyMap` of their
+    policies by path, so that `from_config` builds them quantized, ready for the int8 weights.
+    Otherwise nothing, and a revived model follows the global policy."""
+    given = model._given_dtype
+    if isinstance(given, keras.dtype_policies.DTypePolicyMap):
+        return {"dtype": keras.dtype_policies.serialize(given)}  # quantize() updates the map
+    policies = keras.dtype_policies.DTypePolicyMap(default_policy=given)
+    for layer in model._flatten_layers(include_self=False):
+        if layer.quantization_mode is not None:
+            policies[layer.path] = layer.dtype_policy
+    if len(policies):
+        return {"dtype": keras.dtype_policies.serialize(policies)}
+    if given is None:
+        return {}
+    return {"dtype": keras.dtype_policies.serialize(keras.dtype_policies.get(given))}
 
 
 def _validate(channels, blocks, window_sizes, mlp_ratios, drop_path_rate):

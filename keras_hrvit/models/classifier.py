@@ -78,10 +78,11 @@ class HRViTClassifier(HRViTTask):
         else:
             inputs = keras.utils.get_source_inputs(input_tensor)
             x = input_tensor
-        x = HRNetClassifierHead(head_channels, name="head")(backbone(x))
+        policy = backbone.dtype_policy  # the head follows the backbone, as in KerasHub's tasks
+        x = HRNetClassifierHead(head_channels, name="head", dtype=policy)(backbone(x))
         if classes is not None:
-            x = keras.layers.Dropout(dropout, name="head_dropout")(x)
-            x = keras.layers.Dense(classes, name="predictions")(x)
+            x = keras.layers.Dropout(dropout, name="head_dropout", dtype=policy)(x)
+            x = keras.layers.Dense(classes, name="predictions", dtype=policy)(x)
             if classifier_activation is not None:
                 x = keras.layers.Activation(
                     classifier_activation, dtype="float32", name="probabilities"

@@ -81,12 +81,14 @@ class HRViTSegmenter(HRViTTask):
         inputs = keras.Input(shape=backbone.image_shape, name="images")
         features = backbone(inputs)
         head_class = SegFormerHead if head == "segformer" else UPerNetHead
+        policy = backbone.dtype_policy  # the heads follow the backbone, as in KerasHub's tasks
         decode_head = head_class(
-            num_classes, channels=head_channels, dropout=dropout, name="decode_head"
+            num_classes, channels=head_channels, dropout=dropout, name="decode_head", dtype=policy
         )
         outputs = ResizeLike(dtype="float32", name="logits")([decode_head(features), inputs])
         if auxiliary_head:
-            aux = FCNHead(num_classes, dropout=dropout, name="auxiliary_head")(features[2])
+            aux = FCNHead(num_classes, dropout=dropout, name="auxiliary_head", dtype=policy)
+            aux = aux(features[2])
             aux = ResizeLike(dtype="float32", name="auxiliary_logits")([aux, inputs])
             outputs = [outputs, aux]
         kwargs.setdefault("name", f"{backbone.name}_segmenter")
