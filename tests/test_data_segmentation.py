@@ -1,8 +1,10 @@
 """The segmentation data layer: shapes dataset, augmentation pipelines and dataset loaders."""
 
 import os
+import re
 import warnings
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -21,6 +23,7 @@ from keras_hrvit.data import (
     segmentation_eval_pipeline,
     segmentation_train_pipeline,
 )
+from keras_hrvit.data.segmentation import bad_example_message
 
 # --- shapes dataset ------------------------------------------------------------------------------
 
@@ -439,3 +442,200 @@ def test_load_folder_skips_corrupt_images_with_a_warning(tmp_path):
     np.testing.assert_array_equal(reduced[0][1].numpy(), expected)
     with pytest.raises(FileNotFoundError, match="masks_dir"):
         load_folder(str(images_dir), str(tmp_path / "nowhere"))
+
+
+# --- bad data: one clear line, before any backend sees it ----------------------------------------
+
+
+def _labelled(labels, dtype=np.uint8, size=(12, 16)):
+    """One example whose mask repeats `labels` over a `size` image."""
+    mask = np.resize(np.asarray(labels, dtype), size)
+    return tf.data.Dataset.from_tensors((np.zeros(size + (3,), np.uint8), mask))
+
+
+def _run_pipeline(kind, ds, **kwargs):
+    if kind == "train":
+        ds = segmentation_train_pipeline(ds, crop_size=16, batch_size=1, shuffle_buffer=0, **kwargs)
+    else:
+        ds = segmentation_eval_pipeline(ds, **kwargs)
+    return next(iter(ds))[1].numpy()
+
+
+@pytest.mark.parametrize("kind", ["train", "eval"])
+def test_pipelines_refuse_labels_outside_num_classes(kind):
+    def refused(message, ds, **kwargs):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(message)):
+            _run_pipeline(kind, ds, **kwargs)
+
+    # Labels below num_classes and the ignore label pass; so does the padding (train).
+    masks = _run_pipeline(kind, _labelled([0, 4, 255]), num_classes=5)
+    assert set(np.unique(masks)) <= {0, 4, 255}
+    refused(
+        "mask has label 9, but num_classes is 5 (labels 0-4, and 255 ignored)",
+        _labelled([0, 9, 255]),
+        num_classes=5,
+    )
+    # The pipeline's own ignore label, which also pads the crops.
+    masks = _run_pipeline(kind, _labelled([0, 250]), num_classes=5, ignore_label=250)
+    assert set(np.unique(masks)) <= {0, 250}
+    refused(
+        "mask has label 255, but num_classes is 5 (labels 0-4, and 250 ignored)",
+        _labelled([0, 250, 255]),
+        num_classes=5,
+        ignore_label=250,
+    )
+    # Wider masks are checked as they come: 300 would wrap to 44 in uint8.
+    refused(
+        "mask has label 300, but num_classes is 50", _labelled([0, 300], np.int32), num_classes=50
+    )
+    refused("mask has label -1, but num_classes is 5", _labelled([0, -1], np.int64), num_classes=5)
+    refused(
+        "mask has label 1, but num_classes is 1 (label 0, and 255 ignored)",
+        _labelled([1], np.uint8),
+        num_classes=1,
+    )
+    # Without num_classes nothing is checked (callers that do not know it).
+    assert 9 in _run_pipeline(kind, _labelled([0, 9]))
+    with pytest.raises(ValueError, match="`num_classes` must be an integer >= 1"):
+        _run_pipeline(kind, _labelled([0]), num_classes=0)
+
+
+def _unknown_shapes(image, mask):
+    """A dataset whose shapes are only known when it runs, as when files are decoded."""
+    return tf.data.Dataset.from_generator(
+        lambda: iter([(image, mask)]),
+        output_signature=(
+            tf.TensorSpec((None, None, 3), tf.uint8),
+            tf.TensorSpec((None,) * mask.ndim, tf.uint8),
+        ),
+    )
+
+
+@pytest.mark.parametrize("kind", ["train", "eval"])
+def test_pipelines_refuse_images_and_masks_of_different_sizes(kind):
+    image, mask = np.zeros((64, 96, 3), np.uint8), np.zeros((16, 16), np.uint8)
+    for ds in (
+        tf.data.Dataset.from_tensors((image, mask)),
+        _unknown_shapes(image, mask),
+        _unknown_shapes(image, mask[..., None]).map(lambda i, m: {"image": i, "mask": m}),
+    ):
+        with pytest.raises(
+            tf.errors.InvalidArgumentError, match="image is 64x96 but its mask is 16x16"
+        ):
+            _run_pipeline(kind, ds)
+
+
+def test_bad_labels_stop_fit_with_the_message():
+    # Keras wraps the tf.data error; the line must still be there to read.
+    inputs = keras.Input((None, None, 3), name="images")
+    model = keras.Model(inputs, keras.layers.Conv2D(5, 1)(inputs))
+    model.compile(
+        optimizer="sgd",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255),
+    )
+    train = segmentation_train_pipeline(
+        _labelled([0, 9, 255]).repeat(4), crop_size=16, batch_size=2, num_classes=5
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        model.fit(train, epochs=1, shuffle=False, verbose=0)
+    line = "mask has label 9, but num_classes is 5 (labels 0-4, and 255 ignored)"
+    assert line in str(info.value)
+    # What a command line prints instead of the graph details around it.
+    assert bad_example_message(info.value) == line
+    assert bad_example_message(ValueError("assertion failed: [x < y]")) is None
+
+
+def _folder_pairs(root, sizes, encode="png"):
+    """`root/images/NAME.{png,jpg}` and `root/masks/NAME.png` of the given (image, mask) sizes."""
+    for index, (image_size, mask_size) in enumerate(sizes):
+        image = np.full(image_size + (3,), 100, np.uint8)
+        path = str(root / "images" / f"im{index}.{'jpg' if encode == 'jpeg' else 'png'}")
+        if encode == "jpeg":
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tf.io.write_file(path, tf.io.encode_jpeg(image))
+        else:
+            _write_png(path, image)
+        _write_png(str(root / "masks" / f"im{index}.png"), np.ones(mask_size, np.uint8))
+    return str(root / "images"), str(root / "masks")
+
+
+def test_load_folder_refuses_an_empty_folder(tmp_path):
+    os.makedirs(tmp_path / "images")
+    os.makedirs(tmp_path / "masks")
+    (tmp_path / "images" / "notes.txt").write_text("not an image")
+    with pytest.raises(
+        FileNotFoundError, match=r"No image with a mask found in .*images: 0 image file\(s\) there"
+    ):
+        load_folder(str(tmp_path / "images"), str(tmp_path / "masks"))
+
+
+def test_load_folder_refuses_a_folder_of_mismatched_pairs(tmp_path):
+    images_dir, masks_dir = _folder_pairs(tmp_path, [((64, 96), (16, 16)), ((20, 30), (30, 20))])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError) as info:
+            load_folder(images_dir, masks_dir)
+    message = str(info.value)
+    assert "\n" not in message and images_dir in message
+    assert "None of the 2 image/mask pairs" in message
+    assert "2 with image and mask sizes that differ" in message
+    assert "image is 64x96 but its mask" in message and "is 16x16" in message
+
+
+def test_load_folder_refuses_a_folder_of_unreadable_pairs(tmp_path):
+    images_dir, masks_dir = _folder_pairs(tmp_path, [((8, 8), (8, 8))])
+    (tmp_path / "images" / "im0.png").write_bytes(b"not a png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match=r"None of the 1 image/mask pair in .*: 1 unreadable"):
+            load_folder(images_dir, masks_dir)
+
+
+def test_load_folder_refuses_a_folder_of_undecodable_pairs_when_read(tmp_path):
+    # The headers pass, decoding fails: only reading the files tells, so iterating refuses.
+    images_dir, masks_dir = _folder_pairs(tmp_path, [((8, 8), (8, 8))] * 2)
+    for name in ("im0.png", "im1.png"):
+        data = (tmp_path / "images" / name).read_bytes()
+        (tmp_path / "images" / name).write_bytes(data[: len(data) // 2])
+    ds = load_folder(images_dir, masks_dir)
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        list(ds)
+    assert bad_example_message(info.value) == (
+        f"None of the 2 image/mask pairs in {images_dir} and {masks_dir} could be decoded with "
+        "matching image and mask sizes (the TensorFlow log names each error)"
+    )
+
+
+def test_load_folder_skips_mismatched_jpeg_pairs_with_a_warning(tmp_path):
+    images_dir, masks_dir = _folder_pairs(
+        tmp_path, [((24, 40), (24, 40)), ((24, 40), (40, 24))], encode="jpeg"
+    )
+    with pytest.warns(UserWarning, match=r"im1\.jpg: image is 24x40 but its mask .* is 40x24"):
+        ds = load_folder(images_dir, masks_dir)
+    pairs = list(ds.as_numpy_iterator())
+    assert len(pairs) == 1 and pairs[0][0].shape == (24, 40, 3) and pairs[0][1].shape == (24, 40)
+
+
+def test_load_cityscapes_refuses_empty_or_all_bad_data(tmp_path):
+    root = tmp_path / "cityscapes"
+    stem = "aachen_000000_000019"
+    _write_png(
+        str(root / "leftImg8bit/val/aachen" / f"{stem}_leftImg8bit.png"),
+        np.zeros((8, 12, 3), np.uint8),
+    )
+    _write_png(
+        str(root / "gtFine/val/aachen" / f"{stem}_gtFine_labelIds.png"), np.zeros((12, 8), np.uint8)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match=r"None of the 1 image/mask pair in .*cityscapes"):
+            load_cityscapes(str(root), split="val")
+    os.makedirs(root / "leftImg8bit/train")
+    os.makedirs(root / "gtFine/train")
+    with pytest.raises(FileNotFoundError, match=r"No labelled images found under .*train: 0"):
+        load_cityscapes(str(root), split="train")
+
+
+def test_load_ade20k_refuses_a_data_dir_without_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"ADE20K .*not found in .*tfds"):
+        load_ade20k("validation", data_dir=str(tmp_path / "tfds"), download=False)

@@ -5,6 +5,7 @@ All loaders return the same kind of pairs as `load_shapes`, ready for
 """
 
 import os
+import struct
 import warnings
 
 import numpy as np
@@ -92,13 +93,22 @@ def load_ade20k(
         raise ValueError(
             f"`split` must be 'train', 'validation' or 'test' (optionally sliced), got {split!r}."
         )
-    ds = tfds.load(
-        "scene_parse150",
-        split=split,
-        data_dir=data_dir,
-        shuffle_files=shuffle_files,
-        download=download,
-    )
+    try:
+        ds = tfds.load(
+            "scene_parse150",
+            split=split,
+            data_dir=data_dir,
+            shuffle_files=shuffle_files,
+            download=download,
+        )
+    except AssertionError as error:  # TFDS asserts that a prepared dataset exists
+        if "could not find data" not in str(error):
+            raise
+        where = data_dir if data_dir is not None else "TFDS's default data_dir"
+        raise FileNotFoundError(
+            f"ADE20K (TFDS 'scene_parse150') not found in {where}: pass download=True, or "
+            "the data_dir where it was prepared."
+        ) from None
 
     def convert(example):
         annotation = example["annotation"]
@@ -119,9 +129,59 @@ def _read_header(path, size=32):
         return b""
 
 
-def _mask_problem(path):
+def _jpeg_size(path):
+    """`(height, width)` from a JPEG's frame header, or `None` where it cannot be told."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(2) != b"\xff\xd8":
+                return None
+            while True:
+                marker = f.read(2)
+                if len(marker) < 2 or marker[0] != 0xFF:
+                    return None
+                while marker[1] == 0xFF:  # fill bytes
+                    marker = marker[1:] + f.read(1)
+                    if len(marker) < 2:
+                        return None
+                kind = marker[1]
+                if 0xD0 <= kind <= 0xD7 or kind == 0x01:  # markers without a segment
+                    continue
+                if kind in (0xD9, 0xDA):  # end of image, start of scan: no frame header
+                    return None
+                (length,) = struct.unpack(">H", f.read(2))
+                # SOF0-SOF15, except DHT (C4), JPG (C8) and DAC (CC).
+                if 0xC0 <= kind <= 0xCF and kind not in (0xC4, 0xC8, 0xCC):
+                    _, height, width = struct.unpack(">BHH", f.read(5))
+                    return (height, width) if height and width else None
+                f.seek(length - 2, os.SEEK_CUR)
+    except (OSError, struct.error):
+        return None
+
+
+def _header_size(header, path):
+    """`(height, width)` of an image from its first bytes (JPEG: from the file), or `None`."""
+    try:
+        if header.startswith(_PNG_SIGNATURE):
+            width, height = struct.unpack(">II", header[16:24])
+        elif header.startswith((b"GIF87a", b"GIF89a")):
+            width, height = struct.unpack("<HH", header[6:10])
+        elif header.startswith(b"BM"):
+            if struct.unpack("<I", header[14:18])[0] == 12:  # OS/2 BITMAPCOREHEADER
+                width, height = struct.unpack("<HH", header[18:22])
+            else:
+                width, height = struct.unpack("<ii", header[18:26])
+        elif header.startswith(b"\xff\xd8\xff"):
+            return _jpeg_size(path)
+        else:
+            return None
+    except struct.error:
+        return None
+    # BMPs store the height negated when their rows run top to bottom.
+    return (abs(height), width) if height and width else None
+
+
+def _mask_problem(header):
     """Why a mask file cannot be used, or `None`."""
-    header = _read_header(path)
     if not header.startswith(_PNG_SIGNATURE) or len(header) < 26:
         return "not a PNG file"
     # Byte 25 of a PNG is the colour type of its IHDR chunk; 3 means palette, which TensorFlow
@@ -131,34 +191,61 @@ def _mask_problem(path):
     return None
 
 
-def _image_problem(path):
-    header = _read_header(path)
+def _image_problem(header):
     if not any(header.startswith(signature) for signature in _IMAGE_SIGNATURES):
         return "not a JPEG, PNG, BMP or GIF file"
     return None
 
 
-def _drop_unreadable(pairs):
-    """Drops pairs whose files fail the header checks, with one warning listing them."""
-    kept, problems = [], []
-    for pair in pairs:
-        problem = _image_problem(pair[0])
+def _size_text(size):
+    return f"{size[0]}x{size[1]}"
+
+
+def _drop_unusable(pairs):
+    """Drops pairs whose files fail the header checks or whose image and mask sizes differ (as
+    their headers tell), with one warning listing them. Returns the kept pairs and, for an
+    error, a one-line account of the dropped ones (`None` when none were dropped)."""
+    kept, unreadable, mismatched = [], [], []
+    for image_path, mask_path in pairs:
+        image_header, mask_header = _read_header(image_path), _read_header(mask_path)
+        problem = _image_problem(image_header)
         if problem is not None:
-            problems.append(f"{pair[0]}: {problem}")
+            unreadable.append(f"{image_path}: {problem}")
             continue
-        problem = _mask_problem(pair[1])
+        problem = _mask_problem(mask_header)
         if problem is not None:
-            problems.append(f"{pair[1]}: {problem}")
+            unreadable.append(f"{mask_path}: {problem}")
             continue
-        kept.append(pair)
-    if problems:
-        listed = "\n  ".join(problems[:10])
-        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
-        warnings.warn(
-            f"Skipping {len(problems)} example(s) with unreadable files:\n  {listed}{more}",
-            stacklevel=3,
-        )
-    return kept
+        image_size = _header_size(image_header, image_path)
+        mask_size = _header_size(mask_header, mask_path)
+        # Sizes that the headers do not tell are compared when the files are decoded.
+        if image_size is not None and mask_size is not None and image_size != mask_size:
+            mismatched.append(
+                f"{image_path}: image is {_size_text(image_size)} but its mask {mask_path} is "
+                f"{_size_text(mask_size)}"
+            )
+            continue
+        kept.append((image_path, mask_path))
+    problems = unreadable + mismatched
+    if not problems:
+        return kept, None
+    listed = "\n  ".join(problems[:10])
+    more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+    warnings.warn(
+        f"Skipping {len(problems)} example(s) with unreadable files or image and mask sizes "
+        f"that differ:\n  {listed}{more}",
+        stacklevel=3,
+    )
+    counts = []
+    if unreadable:
+        counts.append(f"{len(unreadable)} unreadable")
+    if mismatched:
+        counts.append(f"{len(mismatched)} with image and mask sizes that differ")
+    return kept, f"{' and '.join(counts)}, e.g. {problems[0]}"
+
+
+def _pair_count(n):
+    return f"{n} image/mask pair" + ("" if n == 1 else "s")
 
 
 def _decode_mask(data):
@@ -167,8 +254,27 @@ def _decode_mask(data):
     return mask[..., 0]
 
 
-def _pairs_dataset(pairs, extra=None, map_mask=None, shuffle_files=False, seed=None):
-    """Reads and decodes `(image_path, mask_path)` pairs; undecodable files are dropped."""
+def _refuse_empty(ds, message):
+    """`ds`, failing with `message` where a pass over it ends without one example."""
+    flagged = ds.map(lambda image, mask: (image, mask, False))
+    end = tf.data.Dataset.from_tensors(
+        (tf.zeros([0, 0, 3], tf.uint8), tf.zeros([0, 0], tf.uint8), True)
+    )
+
+    def count(seen, example):
+        check = tf.debugging.Assert(tf.logical_not(example[2]) | (seen > 0), [message])
+        with tf.control_dependencies([check]):
+            return seen + 1, example
+
+    ds = flagged.concatenate(end).scan(tf.constant(0, tf.int64), count)
+    return ds.filter(lambda image, mask, last: tf.logical_not(last)).map(
+        lambda image, mask, last: (image, mask)
+    )
+
+
+def _pairs_dataset(pairs, where, extra=None, map_mask=None, shuffle_files=False, seed=None):
+    """Reads and decodes `(image_path, mask_path)` pairs; undecodable files are dropped, and a
+    pass that decodes none fails with a message naming `where` the pairs are."""
     image_paths = [p[0] for p in pairs]
     mask_paths = [p[1] for p in pairs]
     columns = (image_paths, mask_paths) if extra is None else (image_paths, mask_paths, extra)
@@ -189,8 +295,13 @@ def _pairs_dataset(pairs, extra=None, map_mask=None, shuffle_files=False, seed=N
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
     # Files that pass the header check but fail to decode (truncated, mismatched) are logged and
-    # skipped instead of stopping a long training run.
-    return ds.ignore_errors(log_warning=True)
+    # skipped instead of stopping a long training run; but not all of them, silently.
+    ds = ds.ignore_errors(log_warning=True)
+    return _refuse_empty(
+        ds,
+        f"None of the {_pair_count(len(pairs))} in {where} could be decoded with matching image "
+        "and mask sizes (the TensorFlow log names each error)",
+    )
 
 
 def _check_seed(seed):
@@ -230,10 +341,12 @@ def load_cityscapes(root, split="train", shuffle_files=False, seed=None):
         if not os.path.isdir(path):
             raise FileNotFoundError(f"Folder {path} not found. {layout}.")
     pairs, train_ids, unlabelled = [], [], []
+    cities = 0
     for city in sorted(os.listdir(image_root)):
         city_dir = os.path.join(image_root, city)
         if not os.path.isdir(city_dir):
             continue
+        cities += 1
         for name in sorted(os.listdir(city_dir)):
             if not name.endswith("_leftImg8bit.png"):
                 continue
@@ -256,11 +369,16 @@ def load_cityscapes(root, split="train", shuffle_files=False, seed=None):
             stacklevel=2,
         )
     if not pairs:
-        raise FileNotFoundError(f"No labelled images found under {image_root}. {layout}.")
+        raise FileNotFoundError(
+            f"No labelled images found under {image_root}: {cities} city folder(s), "
+            f"{len(unlabelled)} *_leftImg8bit.png image(s) without a label. {layout}."
+        )
     flags = dict(zip(pairs, train_ids))
-    pairs = _drop_unreadable(pairs)
+    found = len(pairs)
+    pairs, dropped = _drop_unusable(pairs)
+    where = f"{image_root} and {label_root}"
     if not pairs:
-        raise ValueError(f"None of the Cityscapes files under {root} could be read.")
+        raise ValueError(f"None of the {_pair_count(found)} in {where} can be used: {dropped}.")
     table = np.full(256, IGNORE_LABEL, np.uint8)
     for label_id, train_id in _CITYSCAPES_ID_TO_TRAIN_ID.items():
         table[label_id] = train_id
@@ -271,6 +389,7 @@ def load_cityscapes(root, split="train", shuffle_files=False, seed=None):
 
     return _pairs_dataset(
         pairs,
+        where,
         extra=[flags[p] for p in pairs],
         map_mask=to_train_ids,
         shuffle_files=shuffle_files,
@@ -316,7 +435,8 @@ def load_folder(
         if not os.path.isdir(path):
             raise FileNotFoundError(f"`{name}` folder {path} not found. {layout}.")
     pairs, missing = [], []
-    for name in sorted(os.listdir(images_dir)):
+    names = sorted(os.listdir(images_dir))
+    for name in names:
         stem, ext = os.path.splitext(name)
         if ext.lower() not in _IMAGE_EXTENSIONS:
             continue
@@ -331,12 +451,20 @@ def load_folder(
             stacklevel=2,
         )
     if not pairs:
-        raise FileNotFoundError(f"No image with a mask found in {images_dir}. {layout}.")
-    pairs = _drop_unreadable(pairs)
+        others = len(names) - len(missing)
+        ignored = f" ({others} other file(s) ignored)" if others else ""
+        raise FileNotFoundError(
+            f"No image with a mask found in {images_dir}: {len(missing)} image file(s) there"
+            f"{ignored}, none with a mask in {masks_dir}. {layout}."
+        )
+    found = len(pairs)
+    pairs, dropped = _drop_unusable(pairs)
+    where = f"{images_dir} and {masks_dir}"
     if not pairs:
-        raise ValueError(f"None of the images in {images_dir} and masks could be read.")
+        raise ValueError(f"None of the {_pair_count(found)} in {where} can be used: {dropped}.")
     return _pairs_dataset(
         pairs,
+        where,
         map_mask=_reduce_zero_label if reduce_zero_label else None,
         shuffle_files=shuffle_files,
         seed=seed,

@@ -10,9 +10,15 @@ Both pipelines take a dataset of `(image, mask)` pairs (or dicts with `"image"` 
 `"segmentation_mask"` keys): images `(H, W, 3)` with 0-255 values, masks `(H, W)` or `(H, W, 1)`
 of class indices, 255 meaning "ignore". They return batches of float32 NHWC images and int32
 `(B, H, W)` masks.
+
+Bad examples stop the pipeline with one line, raised as `tf.errors.InvalidArgumentError` when it
+is read (also through `model.fit`, on every backend): an image and a mask of different sizes, and,
+when `num_classes` is given, a mask label that is neither below `num_classes` nor the ignore
+label. Both are checked on the raw pair, before any resize, crop or padding.
 """
 
 import math
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -26,6 +32,9 @@ _CONTRAST_RANGE = (0.5, 1.5)
 _SATURATION_RANGE = (0.5, 1.5)
 _HUE_DELTA = 18
 _CROP_TRIES = 10
+# How the one-line messages of the data checks begin (here and in `loaders`); TensorFlow escapes
+# quotes and backslashes in them, so they use none.
+_CHECK_MESSAGES = ("mask has label ", "image is ", "None of the ")
 
 
 def _pair_size(value, name, allow_none=False):
@@ -62,8 +71,82 @@ def _check_ratio_range(ratio_range):
     return low, high
 
 
-def _as_pairs(ds):
-    """Maps a dataset of pairs or dicts to `(image float32 (H, W, 3), mask uint8 (H, W))`."""
+def _check_num_classes(num_classes):
+    if num_classes is not None:
+        # Masks are uint8 inside the pipelines: at most 256 labels.
+        check_number("num_classes", num_classes, 1, 256, integer=True)
+        num_classes = int(num_classes)
+    return num_classes
+
+
+def _assert(condition, message_format, values):
+    """Fails with the one-line message `tf.strings.format(message_format, values)` unless
+    `condition`; returns a tensor to hold a control dependency on."""
+
+    def fail():
+        # Formatted only when the check fails.
+        message = tf.strings.format(message_format, values)
+        with tf.control_dependencies([tf.debugging.Assert(False, [message])]):
+            return tf.constant(False)
+
+    return tf.cond(condition, lambda: tf.constant(True), fail)
+
+
+def _size_check(image, mask):
+    image_size, mask_size = tf.shape(image)[:2], tf.shape(mask)[:2]
+    return _assert(
+        tf.reduce_all(tf.equal(image_size, mask_size)),
+        "image is {}x{} but its mask is {}x{}: a mask must have the height and width of its image",
+        (image_size[0], image_size[1], mask_size[0], mask_size[1]),
+    )
+
+
+def _label_check(mask, num_classes, ignore_label):
+    """Every label is below `num_classes` or `ignore_label`; one reduction for uint8 masks."""
+    if mask.dtype != tf.uint8:
+        # Before the cast to uint8, which would wrap labels such as 300 or -1 into range.
+        mask = tf.cast(mask, tf.int64)
+    valid = tf.zeros_like(mask)
+    largest = tf.cast(tf.reduce_max(tf.where(tf.equal(mask, ignore_label), valid, mask)), tf.int64)
+    found, ok = largest, largest < num_classes
+    if mask.dtype != tf.uint8:
+        smallest = tf.reduce_min(mask)
+        found = tf.where(smallest < 0, smallest, largest)
+        ok = ok & (smallest >= 0)
+    labels = f"labels 0-{num_classes - 1}" if num_classes > 1 else "label 0"
+    return _assert(
+        ok,
+        f"mask has label {{}}, but num_classes is {num_classes} ({labels}, and {ignore_label} "
+        "ignored)",
+        (found,),
+    )
+
+
+def bad_example_message(error):
+    """The one line of a pipeline check (bad labels, sizes or data) in a TensorFlow error.
+
+    The pipelines refuse bad examples with a `tf.errors.InvalidArgumentError` when they are read,
+    which TensorFlow and Keras surround with graph details; a command line can print this line
+    alone. Returns `None` for other errors.
+
+    Example:
+    >>> try:
+    ...     model.fit(segmentation_train_pipeline(pairs, 512, num_classes=150))
+    ... except tf.errors.InvalidArgumentError as error:
+    ...     raise SystemExit(bad_example_message(error) or error)
+    """
+    found = re.search(r"assertion failed: \[(.+?)\]\n", str(error) + "\n")
+    if found is None or not found.group(1).startswith(_CHECK_MESSAGES):
+        return None
+    return found.group(1)
+
+
+def _as_pairs(ds, num_classes=None, ignore_label=IGNORE_LABEL, num_parallel_calls=None):
+    """Maps a dataset of pairs or dicts to `(image float32 (H, W, 3), mask uint8 (H, W))`.
+
+    Refuses pairs of different sizes and, with `num_classes`, labels that are neither below it
+    nor `ignore_label`: `tf.errors.InvalidArgumentError` with one line when the data is read.
+    """
     if not isinstance(ds, tf.data.Dataset):
         raise TypeError(f"Expected a `tf.data.Dataset`, got {type(ds).__name__}.")
     spec = ds.element_spec
@@ -92,10 +175,14 @@ def _as_pairs(ds):
     def convert(image, mask):
         if mask.shape.rank == 3:
             mask = mask[..., 0]
-        # Labels above 255 do not exist in any supported dataset; uint8 keeps resizes cheap.
-        return tf.cast(image, tf.float32), tf.cast(mask, tf.uint8)
+        checks = [_size_check(image, mask)]
+        if num_classes is not None:
+            checks.append(_label_check(mask, num_classes, ignore_label))
+        with tf.control_dependencies(checks):
+            # Labels above 255 do not exist in any supported dataset; uint8 keeps resizes cheap.
+            return tf.cast(image, tf.float32), tf.cast(mask, tf.uint8)
 
-    return ds.map(convert)
+    return ds.map(convert, num_parallel_calls=num_parallel_calls)
 
 
 def _keep_ratio_size(height, width, scale_long, scale_short):
@@ -215,7 +302,7 @@ def _photometric_distortion(image, seed):
     return tf.where(contrast_first, image, contrast(image))
 
 
-def _pad_with_mean(image, paddings):
+def pad_with_mean(image, paddings):
     """Pads an image with the ImageNet mean pixel: zeros once the model normalizes it, as
     MMSegmentation pads its normalized images with 0."""
     mean = tf.constant(IMAGENET_MEAN, tf.float32)
@@ -236,6 +323,7 @@ def segmentation_train_pipeline(
     drop_remainder=True,
     ignore_label=IGNORE_LABEL,
     num_parallel_calls=tf.data.AUTOTUNE,
+    num_classes=None,
 ):
     """Batched training data with the MMSegmentation augmentation used by HRViT.
 
@@ -264,9 +352,14 @@ def segmentation_train_pipeline(
         drop_remainder: drop the last partial batch so every batch has `batch_size` examples.
         ignore_label: mask value of pixels that count nowhere (255 for ADE20K and Cityscapes).
         num_parallel_calls: parallelism of the augmentation map.
+        num_classes: the model's number of classes; when given, a mask label that is neither
+            below it nor `ignore_label` stops the pipeline with an error naming the label (on
+            some backends the loss would silently be wrong or NaN). `None` checks no labels.
 
     Returns:
         A `tf.data.Dataset` of `(images float32 (B, h, w, 3), masks int32 (B, h, w))` batches.
+        An image and a mask of different sizes, or a label out of range, raise
+        `tf.errors.InvalidArgumentError` with one line when the dataset is read.
 
     Example:
     >>> ds = load_shapes("train", num_images=16, image_size=64)
@@ -282,13 +375,14 @@ def segmentation_train_pipeline(
     check_number("cat_max_ratio", cat_max_ratio, 0, 1, strict=True)
     check_number("flip_prob", flip_prob, 0, 1)
     check_number("ignore_label", ignore_label, 0, 255, integer=True)
+    num_classes = _check_num_classes(num_classes)
     if seed is not None and not isinstance(seed, (int, np.integer)):
         raise ValueError(f"`seed` must be an integer or None, got {seed!r}.")
     cat_max_ratio = float(cat_max_ratio)
     flip_prob = float(flip_prob)
     ignore_label = int(ignore_label)
 
-    ds = _as_pairs(ds)
+    ds = _as_pairs(ds, num_classes, ignore_label, num_parallel_calls)
     if shuffle_buffer:
         check_positive_int("shuffle_buffer", shuffle_buffer)
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
@@ -319,7 +413,7 @@ def segmentation_train_pipeline(
             image = _photometric_distortion(image, color_seed)
         shape = tf.shape(mask)
         pad = [[0, crop_size[0] - shape[0]], [0, crop_size[1] - shape[1]]]
-        image = _pad_with_mean(image, pad)
+        image = pad_with_mean(image, pad)
         mask = tf.pad(mask, pad, constant_values=ignore_label)
         image = tf.ensure_shape(image, crop_size + (3,))
         mask = tf.ensure_shape(tf.cast(mask, tf.int32), crop_size)
@@ -337,6 +431,7 @@ def segmentation_eval_pipeline(
     pad_to_multiple=None,
     ignore_label=IGNORE_LABEL,
     num_parallel_calls=tf.data.AUTOTUNE,
+    num_classes=None,
 ):
     """Batched evaluation data: optional keep-ratio resize, no crop; images stay 0-255.
 
@@ -353,11 +448,16 @@ def segmentation_eval_pipeline(
         resize_mask: also resize masks (nearest) to the resized image's size.
         pad_to_multiple: pad images (and masks of the same size) at the bottom and right to a
             multiple of this, for models that need divisible sizes; `None` for no padding.
-        ignore_label: mask value of padded pixels.
+        ignore_label: mask value of padded pixels, and of pixels that count nowhere.
         num_parallel_calls: parallelism of the preprocessing map.
+        num_classes: the model's number of classes; when given, a mask label that is neither
+            below it nor `ignore_label` stops the pipeline with an error naming the label.
+            `None` checks no labels.
 
     Returns:
         A `tf.data.Dataset` of `(images float32 (B, H, W, 3), masks int32 (B, H', W'))` batches.
+        An image and a mask of different sizes, or a label out of range, raise
+        `tf.errors.InvalidArgumentError` with one line when the dataset is read.
 
     Example:
     >>> ds = load_shapes("validation", num_images=4, image_size=64)
@@ -371,6 +471,7 @@ def segmentation_eval_pipeline(
         check_positive_int("pad_to_multiple", pad_to_multiple)
     check_number("ignore_label", ignore_label, 0, 255, integer=True)
     ignore_label = int(ignore_label)
+    num_classes = _check_num_classes(num_classes)
     mask_follows_image = scale is None or resize_mask
 
     def transform(image, mask):
@@ -384,13 +485,14 @@ def segmentation_eval_pipeline(
             shape = tf.shape(image)
             pad_h = -shape[0] % pad_to_multiple
             pad_w = -shape[1] % pad_to_multiple
-            image = _pad_with_mean(image, [[0, pad_h], [0, pad_w]])
+            image = pad_with_mean(image, [[0, pad_h], [0, pad_w]])
             if mask_follows_image:
                 mask = tf.pad(mask, [[0, pad_h], [0, pad_w]], constant_values=ignore_label)
         return image, tf.cast(mask, tf.int32)
 
     mean = tf.constant(IMAGENET_MEAN, tf.float32)
-    ds = _as_pairs(ds).map(transform, num_parallel_calls=num_parallel_calls)
+    ds = _as_pairs(ds, num_classes, ignore_label, num_parallel_calls)
+    ds = ds.map(transform, num_parallel_calls=num_parallel_calls)
     # `padded_batch` pads with one scalar: pad (image - mean) with 0, i.e. with the mean pixel.
     ds = ds.map(lambda image, mask: (image - mean, mask)).padded_batch(
         batch_size,
