@@ -27,12 +27,9 @@ from keras_hrvit.data import (
     segmentation_eval_pipeline,
     segmentation_train_pipeline,
 )
-from keras_hrvit.tasks.classification import (
-    build_classifier,
-    train_classifier,
-    transfer_backbone_weights,
-)
+from keras_hrvit.tasks.classification import build_classifier, train_classifier
 from keras_hrvit.tasks.segmentation import train_segmenter
+from keras_hrvit.weights import transfer_backbone_weights
 
 # Full run / --quick run.
 SETTINGS = {

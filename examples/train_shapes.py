@@ -30,7 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 
-from keras_hrvit import evaluate, train  # noqa: E402
+from keras_hrvit.cli import evaluate, train  # noqa: E402
 from keras_hrvit.export import export_saved_model  # noqa: E402
 
 IMAGE_SIZE = 64
@@ -66,7 +66,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="seed of weights and augmentation")
     args = parser.parse_args(argv)
 
-    train_argv = ["segmentation", *TRAIN_ARGS, "--seed", str(args.seed)]
+    # A rerun of the demo trains afresh (an interrupted one resumes).
+    train_argv = ["segmentation", *TRAIN_ARGS, "--seed", str(args.seed), "--overwrite"]
     train_argv += ["--output-dir", args.output_dir]
     eval_dir = os.path.join(args.output_dir, "eval")
     eval_argv = [os.path.join(args.output_dir, "model.keras"), "--dataset", "shapes"]
@@ -74,10 +75,14 @@ def main(argv=None):
 
     start = time.time()
     print("$ python -m keras_hrvit.train " + shlex.join(train_argv), flush=True)
-    train.main(train_argv)
+    code = train.main(train_argv)
+    if code:
+        return code
     trained = time.time()
     print("$ python -m keras_hrvit.evaluate " + shlex.join(eval_argv), flush=True)
-    evaluate.main(eval_argv)
+    code = evaluate.main(eval_argv)
+    if code:
+        return code
     with open(os.path.join(eval_dir, "report.json"), encoding="utf-8") as f:
         report = json.load(f)
 

@@ -1,6 +1,7 @@
-"""Convert a checkpoint of the original HRViT code into a Keras weights file or preset folder.
+"""Convert a checkpoint of the original HRViT code into a Keras model, weights file or preset
+folder.
 
-    python -m keras_hrvit.convert SRC DST.weights.h5 --model PRESET [--task TASK]
+    python -m keras_hrvit.convert SRC DST.keras --model PRESET [--task TASK]
         [--num-classes N] [--head-channels C] [--config JSON] [--ema] [--overwrite]
     python -m keras_hrvit.convert SRC --preset-dir DIR --model PRESET [...]
 
@@ -9,17 +10,18 @@ checkpoint (`state_dict`, `state_dict_ema`), an MMSegmentation checkpoint (`back
 `decode_head.*`, `auxiliary_head.*`) or a bare state dict, with or without `module.` prefixes.
 The task, number of classes and head widths are read from the checkpoint unless given. The
 weights are loaded strictly, checked on a random image, and written atomically: on any error no
-DST file is left. `--preset-dir DIR` writes the converted model as a preset folder instead
-(`config.json`, `model.weights.h5`, `metadata.json` with the weights' SHA-256; see
-`keras_hrvit.preset_io`), which `HRViTClassifier.from_preset(DIR)` /
-`HRViTSegmenter.from_preset(DIR)` load, checking the hash.
+DST file is left. DST ending in `.keras` holds the whole model (`keras.saving.load_model` reads
+it after `import keras_hrvit`), ending in `.weights.h5` the weights only. `--preset-dir DIR`
+writes the converted model as a preset folder instead (`config.json`, `model.weights.h5`,
+`metadata.json` with the weights' SHA-256; see `keras_hrvit.preset_io`), which
+`HRViTClassifier.from_preset(DIR)` / `HRViTSegmenter.from_preset(DIR)` load, checking the hash.
+The options are in `keras_hrvit/cli/convert.py` (`keras_hrvit.cli.convert.main` runs it from
+Python).
 """
 
-import argparse
 import json
 import logging
 import os
-import sys
 
 import keras
 import numpy as np
@@ -154,15 +156,19 @@ def convert_checkpoint(
     preset_dir=None,
     overwrite=False,
 ):
-    """Converts checkpoint `src` into Keras weights at `dst`, or a preset folder `preset_dir`.
+    """Converts checkpoint `src` into a Keras file `dst`, or a preset folder `preset_dir`.
 
-    Returns the written path: the `.weights.h5` file, or the folder. Arguments are as in
+    `dst` ending in `.keras` gets the whole model (`keras.saving.load_model` reads it after
+    `import keras_hrvit`); ending in `.weights.h5`, the weights only, for a model built with the
+    same arguments. Returns the written path. Arguments are as in
     `build_model` and `read_checkpoint`. `preset_dir` writes the whole model with
     `preset_io.save_to_preset`, so that `from_preset(preset_dir)` rebuilds it with these weights.
 
     Example:
     >>> convert_checkpoint("ade.pth", "b1_ade.weights.h5", model="hrvit_b1_ade20k")
     'b1_ade.weights.h5'
+    >>> convert_checkpoint("ade.pth", "b1_ade.keras", model="hrvit_b1_ade20k")
+    'b1_ade.keras'
     >>> convert_checkpoint("ade.pth", model="hrvit_b1_ade20k", preset_dir="presets/b1_ade")
     'presets/b1_ade'
     """
@@ -180,7 +186,9 @@ def convert_checkpoint(
         keras_model, state, f"{os.fspath(src)!r}", f"{task} model {_describe(model, config)}"
     )
     _check_outputs(keras_model)
-    if preset_dir is None:
+    if preset_dir is None and target.endswith(".keras"):
+        atomic_write(target, keras_model.save, ".keras")
+    elif preset_dir is None:
         atomic_write(target, keras_model.save_weights, ".weights.h5")
     else:
         preset_io.save_to_preset(keras_model, target)
@@ -188,9 +196,12 @@ def convert_checkpoint(
 
 
 def _check_target(dst, preset_dir, overwrite):
-    """The path to write: `dst` (a `.weights.h5` file) or `preset_dir`, checked before the work."""
+    """The path to write, checked first: `dst` (a `.keras` or `.weights.h5` file) or
+    `preset_dir`."""
     if (dst is None) == (preset_dir is None):
-        raise ValueError("Give exactly one of DST (a `.weights.h5` path) and `--preset-dir`.")
+        raise ValueError(
+            "Give exactly one of DST (a `.keras` or `.weights.h5` path) and `--preset-dir`."
+        )
     if preset_dir is not None:
         preset_dir = os.fspath(preset_dir)
         if os.path.exists(preset_dir) and not os.path.isdir(preset_dir):
@@ -202,8 +213,10 @@ def _check_target(dst, preset_dir, overwrite):
             )
         return preset_dir
     dst = os.fspath(dst)
-    if not dst.endswith(".weights.h5"):
-        raise ValueError(f"DST must end with `.weights.h5`, got {dst!r}.")
+    if not dst.endswith((".keras", ".weights.h5")):
+        raise ValueError(
+            f"DST must end with `.keras` (the model) or `.weights.h5` (its weights), got {dst!r}."
+        )
     if os.path.exists(dst) and not overwrite:
         raise FileExistsError(f"{dst!r} exists; pass `--overwrite` to replace it.")
     return dst
@@ -286,97 +299,7 @@ def _single_width(widths):
     return int(widths[0])
 
 
-def _parse_config(text):
-    if os.path.isfile(text):
-        with open(text) as f:
-            text = f.read()
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"`--config` is neither a JSON file nor JSON text: {error}") from None
-    if not isinstance(config, dict):
-        raise ValueError("`--config` must be a JSON object of HRViTBackbone arguments.")
-    return config
-
-
-def _parse_widths(text):
-    try:
-        widths = tuple(int(w) for w in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected an int or comma-separated ints, got {text!r}"
-        ) from None
-    if any(w < 1 for w in widths):
-        raise argparse.ArgumentTypeError(f"head channels must be positive, got {text!r}")
-    return widths
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m keras_hrvit.convert",
-        description="Convert a checkpoint of the original HRViT code to Keras weights or a "
-        "preset folder.",
-    )
-    parser.add_argument("src", help="checkpoint: .pth/.pt (needs torch), .npz or .safetensors")
-    parser.add_argument("dst", nargs="?", help="output .weights.h5 (omit with --preset-dir)")
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--model", help="preset: hrvit_b1..b3 or a segmenter preset")
-    which.add_argument("--config", help="HRViTBackbone arguments as JSON text or a JSON file")
-    parser.add_argument("--task", choices=TASKS, help="default: read from the checkpoint")
-    parser.add_argument("--num-classes", type=_positive_int, help="default: from the checkpoint")
-    parser.add_argument(
-        "--head-channels",
-        type=_parse_widths,
-        help="head width (segmentation) or 4 comma-separated widths (classification)",
-    )
-    parser.add_argument("--ema", action="store_true", help="use a timm checkpoint's EMA weights")
-    parser.add_argument(
-        "--preset-dir",
-        metavar="DIR",
-        help="write the model as a preset folder (config.json, model.weights.h5, metadata.json) "
-        "for from_preset(DIR), instead of DST",
-    )
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace an existing DST or preset folder"
-    )
-    parser.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="let torch unpickle arbitrary objects (trusted files only)",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        path = convert_checkpoint(
-            args.src,
-            args.dst,
-            model=args.model,
-            config=_parse_config(args.config) if args.config else None,
-            task=args.task,
-            num_classes=args.num_classes,
-            head_channels=args.head_channels,
-            ema=args.ema,
-            trust_pickle=args.trust_pickle,
-            preset_dir=args.preset_dir,
-            overwrite=args.overwrite,
-        )
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:
-        if argv is not None:
-            raise
-        parser.exit(1, f"error: {error}\n")
-    print(f"Wrote {path}")
-    return path
-
-
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    from keras_hrvit.cli.convert import main
+
+    raise SystemExit(0 if main() else 1)

@@ -49,7 +49,7 @@ _CPU_HINTS = {
     ),
     "tensorflow": (
         "split the CPU into logical devices before TensorFlow initializes (in Python, before "
-        "keras_hrvit.train.main or any TensorFlow op): "
+        "keras_hrvit.cli.train.main or any TensorFlow op): "
         "tf.config.set_logical_device_configuration(tf.config.list_physical_devices('CPU')[0], "
         "[tf.config.LogicalDeviceConfiguration()] * 2)"
     ),

@@ -193,6 +193,38 @@ def _slide(model, x, crop_size, stride, num_classes, windows_per_call, progress,
     return total[:, :height, :width, :]
 
 
+def check_finite_images(images, name="images"):
+    """Raises a `ValueError` when float `images` hold NaN or infinite values.
+
+    One such pixel would otherwise spread through the model's attention and normalization
+    and turn the whole image into one class. NumPy arrays (and lists) are checked on the host;
+    a backend tensor by one reduction where it lives. Integer images pass unchecked.
+
+    Example:
+    >>> check_finite_images(np.float32([[[[0.0, np.nan, 1.0]]]]))
+    ValueError: `images` holds 1 NaN or infinite value (the first at index (0, 0, 0, 1)); ...
+    """
+    if isinstance(images, np.ndarray | np.generic) or not hasattr(images, "dtype"):
+        array = np.asarray(images)
+        if not np.issubdtype(array.dtype, np.inexact):
+            return
+        bad = ~np.isfinite(array)
+        if not bad.any():
+            return
+    else:
+        if "float" not in keras.backend.standardize_dtype(images.dtype):
+            return
+        if bool(ops.convert_to_numpy(ops.all(ops.isfinite(images)))):
+            return
+        bad = ~np.isfinite(ops.convert_to_numpy(images))
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    count = int(bad.sum())
+    raise ValueError(
+        f"`{name}` holds {count} NaN or infinite value{'s' if count > 1 else ''} (the first at "
+        f"index {first}); pixels must be finite numbers (0-255 for this package's models)."
+    )
+
+
 def _scaled_size(size, scale):
     # Same rounding as mmcv.imrescale, which MMSeg's multi-scale test pipeline uses.
     return tuple(max(int(s * scale + 0.5), 1) for s in size)
@@ -249,6 +281,10 @@ def predict_logits(
     Returns:
         float32 logits of shape (B, H, W, K), or (H, W, K) for a single unbatched image.
 
+    Raises:
+        ValueError: for an empty batch, and for images holding NaN or infinite values
+            (`check_finite_images`).
+
     Example:
 
     >>> model = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(5, 1)])
@@ -287,6 +323,7 @@ def predict_logits(
         raise ValueError(f"`num_classes` must be a positive int or None; got {num_classes!r}.")
     windows_per_call = int(windows_per_call)
 
+    check_finite_images(images)
     # Cast after conversion: TensorFlow refuses to convert uint8 arrays straight to float32.
     images = ops.cast(ops.convert_to_tensor(images), "float32")
     unbatched = len(images.shape) == 3
@@ -298,6 +335,10 @@ def predict_logits(
             f"got shape {tuple(images.shape)}."
         )
     num_images, height, width, _ = images.shape
+    if num_images == 0:
+        raise ValueError(
+            f"`images` is an empty batch (shape {tuple(images.shape)}); pass at least one image."
+        )
     chunk = num_images if batch_size is None else int(batch_size)
     chunk = max(min(chunk, num_images), 1)
     views = [(s, f) for s in scales for f in ((False, True) if flip else (False,))]

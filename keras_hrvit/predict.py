@@ -3,20 +3,22 @@
     python -m keras_hrvit.predict MODEL IMAGE [IMAGE ...] --out DIR
         [--mode whole|slide --crop-size S --stride T]
 
+(options in `keras_hrvit/cli/predict.py`; `keras_hrvit.cli.predict.main` runs it from Python)
+
 For each image, writes `<stem>_classes.png` (uint8 class ids) and `<stem>_overlay.png` (class
-colors blended on the image). MODEL is a `.keras` file or a SavedModel directory from
-`keras_hrvit.export` (whole-image inference only); both take the raw uint8 image. Outputs
-are written to temporary files and renamed (`keras_hrvit.files.atomic_write`), so an image that
-fails leaves no partial output.
+colors blended on the image); two images of one stem (`street.png`, `street.jpg`) are refused
+before anything runs, as one result would replace the other. MODEL is a `.keras` file or a
+SavedModel directory from `keras_hrvit.export` (whole-image inference only); both take the raw
+uint8 image. Outputs are written to temporary files and renamed
+(`keras_hrvit.files.atomic_write`), so an image that fails leaves no partial output.
 """
 
-import argparse
 import os
-import sys
 
 import numpy as np
 from PIL import Image
 
+from keras_hrvit.export import min_image_size
 from keras_hrvit.files import atomic_write
 from keras_hrvit.validation import check_choice, check_number
 from keras_hrvit.visualize import colorize
@@ -66,6 +68,7 @@ class Segmenter:
         if mode == "slide" and crop_size is None:
             raise ValueError("`mode='slide'` needs `crop_size`.")
         self.mode, self.crop_size, self.stride = mode, crop_size, stride
+        self.path = path
         if os.path.isdir(path):
             if mode != "whole":
                 raise ValueError(
@@ -85,9 +88,16 @@ class Segmenter:
                 ) from None
             self._model = None
         elif path.endswith(".keras") and os.path.isfile(path):
-            import keras
+            from keras_hrvit.weights.files import check_model_task, load_model_file
 
-            self._model = keras.saving.load_model(path, compile=False)
+            self._model = load_model_file(path)
+            check_model_task(self._model, path, "segmentation", "predict")
+            self._min_size = min_image_size(self._model)
+            if mode == "slide" and min(np.broadcast_to(crop_size, 2)) < self._min_size:
+                raise ValueError(
+                    f"crop_size {crop_size} is too small for {path!r}: its windows must be at "
+                    f"least {self._min_size}x{self._min_size} pixels."
+                )
             output = self._model.outputs[0] if self._model.outputs else None
             if output is not None and len(output.shape) != 4:
                 raise ValueError(
@@ -101,9 +111,26 @@ class Segmenter:
         if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
             raise ValueError(f"Expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}.")
         if self._model is None:
-            classes = self._serve(self._tf.constant(image[None])).numpy()[0]
+            try:
+                classes = self._serve(self._tf.constant(image[None])).numpy()[0]
+            except self._tf.errors.InvalidArgumentError as error:
+                # The SavedModel's own checks (an image under the model's minimum size).
+                raise ValueError(f"{self.path!r} refused the image: {_assertion(error)}") from None
+            if classes.shape != image.shape[:2]:
+                raise ValueError(
+                    f"{self.path!r} does not serve class maps (it answers a {image.shape} "
+                    f"image with shape {classes.shape}): predict needs a segmentation export."
+                )
         else:
             from keras_hrvit.inference import predict_classes
+
+            # Sliding windows pad a small image to the crop size; a whole image goes as it is.
+            if self.mode == "whole" and min(image.shape[:2]) < self._min_size:
+                raise ValueError(
+                    f"Image of {image.shape[0]}x{image.shape[1]} pixels is too small for "
+                    f"{self.path!r}: it needs at least {self._min_size}x{self._min_size} (or "
+                    "--mode slide with a larger --crop-size)."
+                )
 
             classes = predict_classes(
                 self._model,
@@ -122,9 +149,7 @@ def segment_file(segmenter, image_path, out_dir, alpha=0.5):
     image = read_image(image_path)
     classes = segmenter(image)
     colored = overlay(image, classes, alpha)
-    stem = os.path.splitext(os.path.basename(image_path))[0]
-    classes_path = os.path.join(out_dir, f"{stem}_classes.png")
-    overlay_path = os.path.join(out_dir, f"{stem}_overlay.png")
+    classes_path, overlay_path = output_paths(image_path, out_dir)
 
     def write_both(classes_tmp):
         # Both PNGs are encoded before either name appears: the overlay is moved into place
@@ -136,42 +161,34 @@ def segment_file(segmenter, image_path, out_dir, alpha=0.5):
     return [classes_path, overlay_path]
 
 
+def output_paths(image_path, out_dir):
+    """`(classes_path, overlay_path)`: where `segment_file` writes the results of an image.
+
+    Example:
+    >>> output_paths("photos/street.jpg", "out")
+    ('out/street_classes.png', 'out/street_overlay.png')
+    """
+    stem = os.path.splitext(os.path.basename(image_path))[0]
+    return (
+        os.path.join(out_dir, f"{stem}_classes.png"),
+        os.path.join(out_dir, f"{stem}_overlay.png"),
+    )
+
+
 def _save_png(array, path):
     Image.fromarray(array).save(path, format="PNG")
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m keras_hrvit.predict",
-        description="Segment images; write class-id PNGs and colored overlays.",
-    )
-    parser.add_argument("model", help="a .keras segmenter or a SavedModel directory")
-    parser.add_argument("images", nargs="+", help="image files")
-    parser.add_argument("--out", required=True, help="output directory (created if needed)")
-    parser.add_argument("--mode", choices=MODES, default="whole")
-    parser.add_argument("--crop-size", type=int, help="window size for --mode slide")
-    parser.add_argument("--stride", type=int, help="window step for --mode slide")
-    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
-    args = parser.parse_args(argv)
-    if args.mode == "slide" and args.crop_size is None:
-        parser.error("--mode slide needs --crop-size")
-    try:
-        segmenter = Segmenter(args.model, args.mode, args.crop_size, args.stride)
-    except (ValueError, OSError) as error:
-        parser.exit(2, f"error: {error}\n")
-    os.makedirs(args.out, exist_ok=True)
-    failures = []
-    for path in args.images:
-        try:
-            written = segment_file(segmenter, path, args.out, args.alpha)
-            print(f"{path}: {', '.join(written)}")
-        except (ValueError, OSError) as error:
-            failures.append(str(error))
-            print(f"error: {error}", file=sys.stderr)
-    if failures:
-        parser.exit(1, f"{len(failures)} of {len(args.images)} images failed.\n")
-    return 0
+def _assertion(error):
+    """The message of a failed `tf.debugging.Assert` (TensorFlow wraps it in node names)."""
+    message = getattr(error, "message", str(error))
+    for line in message.splitlines():
+        if "assertion failed:" in line:
+            return line.split("assertion failed:", 1)[1].strip().strip("[]")
+    return message.strip().splitlines()[0] if message.strip() else type(error).__name__
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from keras_hrvit.cli.predict import main
+
+    raise SystemExit(main())

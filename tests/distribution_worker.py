@@ -11,7 +11,7 @@ Tasks:
         weights; records both runs' losses in OUTPUT_JSON, and their weights and gradient RMS
         (from AdamW's second moments) in OUTPUT.npz.
     classification: the same with a micro classifier and `train_classifier`.
-    cli: `keras_hrvit.train.main(args)` with the micro HRViT registered as the presets
+    cli: `keras_hrvit.cli.train.main(args)` with the micro HRViT registered as the presets
         `test_micro` and `test_micro_shapes`; records its exit code.
 """
 
@@ -231,7 +231,8 @@ def main(argv):
     if task == "cli":
         from reference import MICRO_CONFIG
 
-        from keras_hrvit import presets, train
+        from keras_hrvit import presets
+        from keras_hrvit.cli import train
 
         # The micro HRViT as presets, as in tests/test_train_segmentation.py.
         presets.BACKBONE_PRESETS["test_micro"] = dict(MICRO_CONFIG)

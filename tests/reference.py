@@ -82,3 +82,43 @@ def fast_compile_kwargs():
 def fast_compile_flags():
     """`fast_compile_kwargs` as training CLI flags."""
     return ["--run-eagerly"] if fast_compile_kwargs().get("run_eagerly") else []
+
+
+# The micro HRViT as segmentation presets, for CLI runs whose cost is mostly compiling.
+MICRO_SEGMENTER = {
+    "backbone": "test_micro",
+    "head": "segformer",
+    "head_channels": 16,
+    "num_classes": 5,
+    "drop_path_rate": 0.0,
+}
+
+
+def register_micro_presets(monkeypatch):
+    """Registers `test_micro` (backbone) and `test_micro_shapes` (segmenter) for one test."""
+    from keras_hrvit import presets
+
+    monkeypatch.setitem(presets.BACKBONE_PRESETS, "test_micro", dict(MICRO_CONFIG))
+    monkeypatch.setitem(presets.SEGMENTER_PRESETS, "test_micro_shapes", MICRO_SEGMENTER)
+
+
+def segmentation_argv(output_dir, epochs=2, steps=2, model="test_micro_shapes", extra=()):
+    """`python -m keras_hrvit.train` arguments of a short micro run on the shapes set."""
+    return [
+        "segmentation",
+        "--dataset", "shapes",
+        "--image-size", "64",
+        "--train-images", "8",
+        "--val-images", "4",
+        "--model", model,
+        "--crop-size", "64",
+        "--batch-size", "2",
+        "--epochs", str(epochs),
+        "--steps-per-epoch", str(steps),
+        "--lr", "1e-3",
+        "--warmup-steps", "2",
+        "--verbose", "0",
+        *fast_compile_flags(),
+        "--output-dir", str(output_dir),
+        *extra,
+    ]  # fmt: skip

@@ -10,7 +10,7 @@ import pytest
 from reference import nhwc, reference, state_dict, tiny_backbone, tiny_config
 
 import keras_hrvit
-from keras_hrvit.convert import main
+from keras_hrvit.cli.convert import main
 from keras_hrvit.weights import CheckpointError, load_weights_into, read_checkpoint
 
 # Minutes per backend (full conversions); run with `make test-slow`.

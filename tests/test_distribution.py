@@ -39,7 +39,8 @@ from distribution_worker import LEARNING_RATE, MICRO_SEGMENTER, STEPS
 from reference import MICRO_CONFIG
 
 import keras_hrvit
-from keras_hrvit import presets, train
+from keras_hrvit import presets
+from keras_hrvit.cli import train
 from keras_hrvit.distribution import (
     check_distribution,
     check_gradient_clipping,

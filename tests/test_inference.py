@@ -116,3 +116,27 @@ def test_plain_callable_progress_and_validation():
         predict_logits(model, images, num_classes=4)
     with pytest.raises(ValueError, match="images"):
         predict_logits(model, images[0, 0])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_pixels_are_refused(bad):
+    # Before: one NaN pixel turned the whole image of an HRViT model into class 0.
+    model = pixel_model()
+    images = np.random.default_rng(4).uniform(0, 255, size=(2, 20, 30, 3)).astype("float32")
+    images[1, 5, 7, 2] = bad
+    pattern = r"`images` holds 1 NaN or infinite value \(the first at index \(1, 5, 7, 2\)\)"
+    with pytest.raises(ValueError, match=pattern):
+        predict_classes(model, images)
+    with pytest.raises(ValueError, match=pattern):
+        predict_logits(model, ops.convert_to_tensor(images), mode="slide", crop_size=16)
+    with pytest.raises(ValueError, match=r"holds 1 NaN .*index \(5, 7, 2\)"):
+        predict_logits(model, images[1])
+    # Integer images cannot hold NaN; finite float images pass.
+    assert predict_classes(model, images[:1]).shape == (1, 20, 30)
+    assert predict_classes(model, images[:1].astype("uint8")).shape == (1, 20, 30)
+
+
+def test_an_empty_batch_is_refused():
+    # Before: an IndexError from inside predict_logits.
+    with pytest.raises(ValueError, match=r"`images` is an empty batch \(shape \(0, 20, 30, 3\)\)"):
+        predict_classes(pixel_model(), np.zeros((0, 20, 30, 3), "float32"))

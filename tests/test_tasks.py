@@ -10,8 +10,6 @@ from keras_hrvit import HRViTClassifier, HRViTSegmenter
 from keras_hrvit.data import load_shapes, segmentation_train_pipeline
 from keras_hrvit.training import ParamGroupAdamW, WarmupPolyDecay
 
-pytestmark = pytest.mark.backend
-
 
 def _eager_on_tensorflow():
     # TensorFlow spends minutes tracing hrvit_tiny's train step into a graph; the others compile
@@ -33,6 +31,9 @@ def _paper_groups(model):
     return groups
 
 
+# On every backend (the other tests here check backend-neutral logic, on TensorFlow only: the
+# XLA compilations of their train steps cost JAX minutes).
+@pytest.mark.backend
 def test_preset_segmenter_trains_with_compile_defaults_on_raw_images():
     keras.utils.set_random_seed(0)
     model = HRViTSegmenter.from_preset("hrvit_tiny_shapes")

@@ -1,4 +1,5 @@
-"""ImageNet-style pretraining: `keras_hrvit.tasks.classification` and its CLI subcommand.
+"""ImageNet-style pretraining: `keras_hrvit.tasks.classification` and its CLI subcommand
+(`keras_hrvit.cli.train_classification`).
 
 The fast tests use a micro HRViT (four modules, one transformer block per module, 32-pixel images)
 and compile its training step once per backend; the interrupt-and-resume test trains a small
@@ -19,12 +20,14 @@ import tensorflow as tf
 from reference import MICRO_CONFIG, fast_compile_kwargs
 
 import keras_hrvit
+from keras_hrvit.cli import train_classification as cli_task
 from keras_hrvit.data.classification import (
     classification_train_pipeline,
     load_classification_data,
 )
 from keras_hrvit.tasks import classification as task
 from keras_hrvit.training import decay_exempt_variables, decay_variables
+from keras_hrvit.weights import transfer_backbone_weights
 
 NUM_CLASSES = 8
 SIZE = 32
@@ -124,7 +127,7 @@ def test_transfer_backbone_weights_to_segmenter(micro):
     before = features(segmenter.backbone)
     assert not np.allclose(before[0], features(backbone)[0])
 
-    copied = task.transfer_backbone_weights(classifier, segmenter)
+    copied = transfer_backbone_weights(classifier, segmenter)
     weighted = [layer.name for layer in segmenter.backbone.layers if layer.weights]
     assert copied == weighted
     assert copied[0] == "stem" and "m3_norm3" in copied
@@ -142,9 +145,9 @@ def test_transfer_backbone_weights_rejects_other_configs(micro):
         **{**MICRO_CONFIG, "channels": (16, 16, 32, 48)}, name="wider"
     )
     with pytest.raises(ValueError, match="Shape mismatch in layer 'm3_fusion'"):
-        task.transfer_backbone_weights(classifier, wider)
+        transfer_backbone_weights(classifier, wider)
     with pytest.raises(ValueError, match="must be an HRViTSegmenter"):
-        task.transfer_backbone_weights(classifier, keras.Sequential([keras.layers.Dense(2)]))
+        transfer_backbone_weights(classifier, keras.Sequential([keras.layers.Dense(2)]))
 
 
 # --- training: schedule, resume, one step on mixed labels -----------------------------------
@@ -289,14 +292,14 @@ def test_build_classifier_names_and_errors():
 
 
 def test_cli_parses_classification_subcommand(tmp_path):
-    from keras_hrvit.train import build_parser
+    from keras_hrvit.cli.train import build_parser
 
     parser = build_parser()
     args = parser.parse_args(
         ["classification", "--model", "hrvit_tiny", "--image-size", "64", "--light-augment"]
     )
     assert args.task == "classification"
-    assert args.run is task.run_train_command
+    assert args.run is cli_task.run_train_command
     assert (args.data, args.batch_size, args.epochs, args.lr) == ("embedded", 128, 300, 1e-3)
     assert args.light_augment and not args.no_mixup and args.resume
     with pytest.raises(SystemExit):

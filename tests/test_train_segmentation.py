@@ -11,53 +11,22 @@ import os
 import keras
 import numpy as np
 import pytest
-from reference import MICRO_CONFIG, fast_compile_flags
+from reference import register_micro_presets, segmentation_argv
 
-from keras_hrvit import evaluate, presets, train
+from keras_hrvit.cli import evaluate, train
 from keras_hrvit.data import SHAPES_CLASSES, load_shapes, segmentation_eval_pipeline
 from keras_hrvit.tasks import segmentation as seg
 from keras_hrvit.training import WarmupPolyDecay
 from keras_hrvit.visualize import colorize, palette, segmentation_panel
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-MICRO_SEGMENTER = {
-    "backbone": "test_micro",  # registered below
-    "head": "segformer",
-    "head_channels": 16,
-    "num_classes": 5,
-    "drop_path_rate": 0.0,
-}
-
-
-def _register_micro(monkeypatch):
-    monkeypatch.setitem(presets.BACKBONE_PRESETS, "test_micro", dict(MICRO_CONFIG))
-    monkeypatch.setitem(presets.SEGMENTER_PRESETS, "test_micro_shapes", MICRO_SEGMENTER)
+_register_micro = register_micro_presets
+_train_argv = segmentation_argv
 
 
 @pytest.fixture
 def micro_presets(monkeypatch):
     _register_micro(monkeypatch)
-
-
-def _train_argv(output_dir, epochs=2, steps=2, model="test_micro_shapes", extra=()):
-    return [
-        "segmentation",
-        "--dataset", "shapes",
-        "--image-size", "64",
-        "--train-images", "8",
-        "--val-images", "4",
-        "--model", model,
-        "--crop-size", "64",
-        "--batch-size", "2",
-        "--epochs", str(epochs),
-        "--steps-per-epoch", str(steps),
-        "--lr", "1e-3",
-        "--warmup-steps", "2",
-        "--verbose", "0",
-        *fast_compile_flags(),
-        "--output-dir", str(output_dir),
-        *extra,
-    ]  # fmt: skip
 
 
 def _records(output_dir):
@@ -88,7 +57,7 @@ def trained_run(tmp_path_factory):
 @pytest.mark.backend
 def test_cli_run_writes_checkpoints_history_curves_and_model(trained_run):
     files = sorted(os.listdir(trained_run / "checkpoints"))
-    assert files == ["best.json", "best.keras", "last.keras"]
+    assert files == ["best.json", "best.keras", "last.json", "last.keras"]
     assert not os.path.exists(trained_run / "backup")  # removed after a finished run
     assert _is_png(trained_run / "training_curves.png")
     records = _records(trained_run)

@@ -267,7 +267,7 @@ def test_atomic_checkpoint_saves_loadable_files_and_survives_failed_save(tmp_pat
     x, y = _data()
     ckpt = AtomicModelCheckpoint(tmp_path, monitor="val_loss")
     model.fit(x, y, validation_data=(x, y), batch_size=8, epochs=2, verbose=0, callbacks=[ckpt])
-    assert sorted(os.listdir(tmp_path)) == ["best.json", "best.keras", "last.keras"]
+    assert sorted(os.listdir(tmp_path)) == ["best.json", "best.keras", "last.json", "last.keras"]
     best_state = json.loads((tmp_path / "best.json").read_text())
     assert best_state["monitor"] == "val_loss"
     ckpt.on_train_begin()  # what a resumed run sees: the stored best is kept...
@@ -295,7 +295,7 @@ def test_atomic_checkpoint_saves_loadable_files_and_survives_failed_save(tmp_pat
     with pytest.raises(OSError, match="disk full"):
         ckpt.on_epoch_end(5, {"loss": 1.0, "val_loss": 1e9})
     assert (tmp_path / "last.keras").read_bytes() == previous
-    assert sorted(os.listdir(tmp_path)) == ["best.json", "best.keras", "last.keras"]
+    assert sorted(os.listdir(tmp_path)) == ["best.json", "best.keras", "last.json", "last.keras"]
 
     with pytest.raises(ValueError, match="mode"):
         AtomicModelCheckpoint(tmp_path, mode="lowest")
@@ -339,11 +339,10 @@ def test_interrupted_fit_resumes_with_backup_and_schedule(tmp_path):
     recorder = _Recorder()
     callbacks = standard_callbacks(tmp_path, monitor="loss") + [recorder]
     assert [type(c).__name__ for c in callbacks[:-1]] == [
-        "BackupAndRestore",
         "TerminateOnNaN",
         "AtomicModelCheckpoint",
         "TrainingCurves",
-    ] + (["TensorBoard"] if HAS_TENSORBOARD else [])
+    ] + (["TensorBoard"] if HAS_TENSORBOARD else []) + ["AtomicBackupAndRestore"]
     history = resumed.fit(x, y, callbacks=callbacks, **fit_kwargs)
     assert recorder.epochs == [2, 3]
     assert recorder.iterations == [4, 6]
@@ -358,7 +357,8 @@ def test_interrupted_fit_resumes_with_backup_and_schedule(tmp_path):
     assert {"loss", "mae", "learning_rate"} <= set(records[-1])
     assert records[-1]["learning_rate"] == pytest.approx(_lr(schedule, 8), abs=1e-9)
     assert not os.path.exists(tmp_path / "backup")  # removed after a completed run
-    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["best.json", "best.keras", "last.keras"]
+    checkpoints = sorted(os.listdir(tmp_path / "checkpoints"))
+    assert checkpoints == ["best.json", "best.keras", "last.json", "last.keras"]
     if HAS_TENSORBOARD:
         assert os.listdir(tmp_path / "logs")
 

@@ -1,30 +1,12 @@
-"""Task modules behind `python -m keras_hrvit.train <task>`.
+"""Training and evaluation workflows around `model.fit`, one module per task.
 
-Each entry of `TRAIN_TASKS` names a module defining `register_train_command(subparsers)`, which
-adds its subcommand and sets `parser.set_defaults(run=fn, command_parser=parser)`; the CLI then
-calls `fn(args, parser)`, which returns the exit code and reports bad arguments with
-`parser.error`. A new task is one module plus one line here.
+`segmentation` (`train_segmenter`, `evaluate_segmenter`, the datasets' protocols) and
+`classification` (`train_classifier`, ImageNet-style pretraining). Their command lines,
+`python -m keras_hrvit.train <task>` and `python -m keras_hrvit.evaluate`, are in
+`keras_hrvit/cli/`.
 
 Example:
 
->>> import argparse
->>> parser = argparse.ArgumentParser(prog="train")
->>> register_train_commands(parser.add_subparsers(dest="task", required=True))
+>>> from keras_hrvit.tasks.segmentation import build_segmenter, train_segmenter
+>>> model = build_segmenter("hrvit_tiny_shapes")
 """
-
-import importlib
-
-TRAIN_TASKS = {
-    "segmentation": "keras_hrvit.tasks.segmentation",
-    "classification": "keras_hrvit.tasks.classification",
-}
-
-
-def register_train_commands(subparsers):
-    """Calls `register_train_command(subparsers)` of every module in `TRAIN_TASKS`."""
-    for module_name in TRAIN_TASKS.values():
-        importlib.import_module(module_name).register_train_command(subparsers)
-    return subparsers
-
-
-__all__ = ["TRAIN_TASKS", "register_train_commands"]

@@ -1,4 +1,4 @@
-"""Semantic segmentation: training and evaluation loops, and the `segmentation` CLI subcommand.
+"""Semantic segmentation: training and evaluation workflows.
 
 Library use:
 
@@ -12,15 +12,12 @@ Library use:
 >>> report = evaluate_segmenter(model, val, class_names=SHAPES_CLASSES, output_dir="runs/eval")
 >>> report["mIoU"]
 
-Command line: `python -m keras_hrvit.train segmentation --help`.
+Command line: `python -m keras_hrvit.train segmentation --help` and `python -m
+keras_hrvit.evaluate --help` (`keras_hrvit/cli/`).
 """
 
-import argparse
-import json
 import os
-import shutil
 import time
-import warnings
 
 import keras
 import numpy as np
@@ -36,29 +33,16 @@ from keras_hrvit.data import (
     load_folder,
     load_shapes,
     segmentation_eval_pipeline,
-    segmentation_train_pipeline,
 )
-from keras_hrvit.distribution import (
-    check_gradient_clipping,
-    distribution_scope,
-    shardable_batches,
-    training_scope,
-)
+from keras_hrvit.data.segmentation import pad_with_mean
+from keras_hrvit.distribution import check_gradient_clipping, shardable_batches, training_scope
+from keras_hrvit.files import write_json
 from keras_hrvit.inference import predict_logits, resize_logits
 from keras_hrvit.metrics import ConfusionMatrix
-from keras_hrvit.models.segmenter import HEADS, HRViTSegmenter
-from keras_hrvit.presets import BACKBONE_PRESETS, SEGMENTER_PRESETS
-from keras_hrvit.tasks.cli import (
-    add_compile_arguments,
-    add_distribution_argument,
-    check_distribution_argument,
-    compile_kwargs,
-)
-from keras_hrvit.training import standard_callbacks
-from keras_hrvit.training.callbacks import _atomic_write, _write_json
+from keras_hrvit.models.segmenter import HRViTSegmenter
+from keras_hrvit.training import raise_if_diverged, standard_callbacks
 from keras_hrvit.validation import check_positive_int
 from keras_hrvit.visualize import save_segmentation_panel
-from keras_hrvit.weights.pretrained import check_backbone_source, load_backbone_weights
 
 DATASETS = ("shapes", "ade20k", "cityscapes", "folder")
 MODEL_FILE = "model.keras"
@@ -113,15 +97,6 @@ def build_segmenter(preset, **overrides):
     )
 
 
-def save_model(model, path):
-    """Saves `model` as a `.keras` file atomically (a crash never leaves a truncated file)."""
-    path = os.fspath(path)
-    if not path.endswith(".keras"):
-        raise ValueError(f"The model path must end in '.keras'; got {path!r}.")
-    _atomic_write(path, lambda tmp: model.save(tmp), ".keras")
-    return path
-
-
 # --- data -------------------------------------------------------------------------------------
 
 
@@ -165,12 +140,16 @@ def load_segmentation_split(
     return load_folder(images_dir, masks_dir, shuffle_files=split == "train", seed=seed)
 
 
-def fixed_size_validation_pipeline(ds, crop_size, batch_size=1, ignore_label=IGNORE_LABEL):
+def fixed_size_validation_pipeline(
+    ds, crop_size, batch_size=1, ignore_label=IGNORE_LABEL, num_classes=None
+):
     """Validation batches of exactly `crop_size`, for monitoring inside `fit`.
 
     Each image and its mask are resized (aspect ratio kept) to fit in the crop and padded at the
-    bottom and right (mask padding is ignored), so every batch has one shape and the compiled
-    test step is traced once. Use `evaluate_segmenter` for the paper's full-resolution protocol.
+    bottom and right (images with the mean pixel, masks with the ignore label), so every batch
+    has one shape and the compiled test step is traced once. With `num_classes`, a mask label
+    that is neither below it nor ignored stops the pipeline (see `segmentation_eval_pipeline`).
+    Use `evaluate_segmenter` for the paper's full-resolution protocol.
 
     Example:
 
@@ -178,13 +157,18 @@ def fixed_size_validation_pipeline(ds, crop_size, batch_size=1, ignore_label=IGN
     """
     height, width = crop_size
     ds = segmentation_eval_pipeline(
-        ds, scale=(max(crop_size), min(crop_size)), batch_size=1, resize_mask=True
+        ds,
+        scale=(max(crop_size), min(crop_size)),
+        batch_size=1,
+        resize_mask=True,
+        ignore_label=ignore_label,
+        num_classes=num_classes,
     ).unbatch()
 
     def to_crop(image, mask):
         image, mask = image[:height, :width], mask[:height, :width]
         pad_h, pad_w = height - tf.shape(image)[0], width - tf.shape(image)[1]
-        image = tf.pad(image, [[0, pad_h], [0, pad_w], [0, 0]])
+        image = pad_with_mean(image, [[0, pad_h], [0, pad_w]])
         mask = tf.pad(mask, [[0, pad_h], [0, pad_w]], constant_values=ignore_label)
         return tf.ensure_shape(image, (height, width, 3)), tf.ensure_shape(mask, (height, width))
 
@@ -274,6 +258,40 @@ def train_segmenter(
     >>> history = train_segmenter(model, train, val, output_dir="runs/a", epochs=20,
     ...                           steps_per_epoch=100, learning_rate=2e-3, warmup_steps=200)
     """
+    steps_per_epoch = _check_training_arguments(
+        model, train_ds, val_ds, output_dir, epochs, steps_per_epoch, validation_steps, recipe
+    )
+    with training_scope(model, distribution) as replicas:
+        train_ds = shardable_batches(train_ds, replicas, "train_ds")
+        if val_ds is not None:
+            val_ds = shardable_batches(val_ds, replicas, "val_ds")
+        model.compile(
+            epochs=int(epochs),
+            steps_per_epoch=int(steps_per_epoch),
+            jit_compile=jit_compile,
+            run_eagerly=run_eagerly,
+            **recipe,
+        )
+        check_gradient_clipping(model.optimizer, replicas)
+        run_callbacks = _run_callbacks(model, output_dir, val_ds is not None, tensorboard)
+        history = model.fit(
+            train_ds.repeat(),
+            validation_data=val_ds,
+            validation_steps=validation_steps,
+            epochs=int(epochs),
+            steps_per_epoch=int(steps_per_epoch),
+            callbacks=run_callbacks + list(callbacks or []),
+            verbose=verbose,
+            # The pipelines shuffle; Keras cannot shuffle a tf.data.Dataset and would warn.
+            shuffle=False,
+        )
+    return raise_if_diverged(history, output_dir)
+
+
+def _check_training_arguments(
+    model, train_ds, val_ds, output_dir, epochs, steps_per_epoch, validation_steps, recipe
+):
+    """Checks `train_segmenter`'s arguments; returns `steps_per_epoch` (default: one pass)."""
     if not isinstance(model, HRViTSegmenter):
         raise TypeError(f"`model` must be an HRViTSegmenter; got {type(model).__name__}.")
     _check_dataset(train_ds, "train_ds")
@@ -298,44 +316,24 @@ def train_segmenter(
         raise TypeError(
             f"Unknown recipe arguments {unknown}; the recipe takes {sorted(model.recipe)}."
         )
+    return steps_per_epoch
 
-    with training_scope(model, distribution) as replicas:
-        train_ds = shardable_batches(train_ds, replicas, "train_ds")
-        if val_ds is not None:
-            val_ds = shardable_batches(val_ds, replicas, "val_ds")
-        model.compile(
-            epochs=int(epochs),
-            steps_per_epoch=int(steps_per_epoch),
-            jit_compile=jit_compile,
-            run_eagerly=run_eagerly,
-            **recipe,
-        )
-        check_gradient_clipping(model.optimizer, replicas)
-        monitor = mean_iou_key(model) if val_ds is not None else "loss"
-        run_callbacks = standard_callbacks(
-            output_dir,
-            monitor=monitor,
-            mode="max" if val_ds is not None else "min",
-            tensorboard=tensorboard,
-        )
-        run_callbacks += list(callbacks or [])
-        return model.fit(
-            train_ds.repeat(),
-            validation_data=val_ds,
-            validation_steps=validation_steps,
-            epochs=int(epochs),
-            steps_per_epoch=int(steps_per_epoch),
-            callbacks=run_callbacks,
-            verbose=verbose,
-            # The pipelines shuffle; Keras cannot shuffle a tf.data.Dataset and would warn.
-            shuffle=False,
-        )
+
+def _run_callbacks(model, output_dir, validation, tensorboard):
+    """`standard_callbacks` keeping the best epoch by validation mean IoU, else training loss."""
+    return standard_callbacks(
+        output_dir,
+        monitor=mean_iou_key(model) if validation else "loss",
+        mode="max" if validation else "min",
+        tensorboard=tensorboard,
+    )
 
 
 # --- evaluation -------------------------------------------------------------------------------
 
 
-def _num_model_classes(model):
+def num_model_classes(model):
+    """The number of classes of a segmenter (its `num_classes`, else its output width), or None."""
     num_classes = getattr(model, "num_classes", None)
     if num_classes is None and getattr(model, "outputs", None):
         num_classes = model.outputs[0].shape[-1]
@@ -403,16 +401,7 @@ def evaluate_segmenter(
     """
     from tqdm.auto import tqdm
 
-    if num_classes is None:
-        num_classes = _num_model_classes(model)
-        if num_classes is None:
-            raise ValueError("Pass `num_classes`: it cannot be read from the model.")
-    if class_names is not None and len(class_names) != num_classes:
-        raise ValueError(
-            f"`class_names` has {len(class_names)} names but the model has {num_classes} classes."
-        )
-    if isinstance(num_overlays, bool) or not isinstance(num_overlays, int) or num_overlays < 0:
-        raise ValueError(f"`num_overlays` must be an int >= 0; got {num_overlays!r}.")
+    num_classes = _check_evaluation_arguments(model, num_classes, class_names, num_overlays)
     if max_batches is not None:
         check_positive_int("max_batches", max_batches)
         dataset = dataset.take(max_batches)
@@ -431,31 +420,13 @@ def evaluate_segmenter(
         images, masks = _to_numpy(images), _to_numpy(masks)
         if masks.ndim == 4:
             masks = masks[..., 0]
-        logits = predict_logits(
-            model,
-            images,
-            mode=mode,
-            crop_size=crop_size,
-            stride=stride,
-            num_classes=num_classes,
-            flip=flip,
-            scales=scales,
-            return_numpy=False,
+        predictions = _predict_classes(
+            model, images, masks.shape[1:3], num_classes, mode, crop_size, stride, flip, scales
         )
-        logits = resize_logits(logits, masks.shape[1:3])
-        predictions = keras.ops.convert_to_numpy(keras.ops.argmax(logits, axis=-1))
         matrix.update(masks, predictions)
         if output_dir is not None and written < num_overlays:
-            shown = np.clip(np.rint(images[: num_overlays - written]), 0, 255).astype(np.uint8)
-            for image, mask, prediction in zip(shown, masks, predictions):
-                save_segmentation_panel(
-                    os.path.join(output_dir, "overlays", f"{written:04d}.png"),
-                    _resize_for_display(image, mask.shape),
-                    mask,
-                    prediction,
-                    class_names=class_names,
-                )
-                written += 1
+            shown = images[: num_overlays - written]
+            written = _save_overlays(output_dir, written, shown, masks, predictions, class_names)
         num_images += len(images)
         if progress:
             bar.set_postfix(mIoU=f"{matrix.mean_iou():.4f}")
@@ -474,386 +445,67 @@ def evaluate_segmenter(
     )
     if output_dir is not None:
         os.makedirs(output_dir, exist_ok=True)
-        _write_json(os.path.join(output_dir, REPORT_FILE), report)
+        write_json(os.path.join(output_dir, REPORT_FILE), report)
     return report
 
 
-# --- command line -----------------------------------------------------------------------------
-
-
-def _pair(values, name, parser):
-    if values is None:
-        return None
-    if len(values) not in (1, 2) or min(values) < 1:
-        parser.error(f"{name} takes one or two positive integers (height width); got {values}.")
-    return (values[0], values[0]) if len(values) == 1 else tuple(values)
-
-
-def add_dataset_arguments(parser):
-    """The dataset options shared by `train segmentation` and `keras_hrvit.evaluate`."""
-    group = parser.add_argument_group("data")
-    group.add_argument("--dataset", required=True, choices=DATASETS, help="dataset to use")
-    group.add_argument(
-        "--data-dir", help="ADE20K: TFDS data directory; Cityscapes: folder with leftImg8bit/gtFine"
-    )
-    group.add_argument("--images-dir", help="folder dataset: training (or evaluated) images")
-    group.add_argument("--masks-dir", help="folder dataset: PNG masks of --images-dir")
-    group.add_argument("--image-size", type=int, default=128, help="shapes: image side (128)")
-    group.add_argument(
-        "--data-seed", type=int, default=0, help="shapes: seed that draws the dataset (0)"
-    )
-    return group
-
-
-def _check_dataset_arguments(args, parser):
-    if args.dataset == "cityscapes" and not args.data_dir:
-        parser.error("--dataset cityscapes needs --data-dir, the folder with leftImg8bit/gtFine.")
-    if args.dataset == "folder" and not (args.images_dir and args.masks_dir):
-        parser.error("--dataset folder needs --images-dir and --masks-dir.")
-    for name in ("images_dir", "masks_dir", "val_images_dir", "val_masks_dir"):
-        path = getattr(args, name, None)
-        if path and not os.path.isdir(path):
-            parser.error(f"--{name.replace('_', '-')} {path}: no such folder.")
-    if args.dataset == "cityscapes" and not os.path.isdir(args.data_dir):
-        parser.error(f"--data-dir {args.data_dir}: no such folder.")
-    if args.image_size < 32:
-        parser.error(f"--image-size must be at least 32; got {args.image_size}.")
-    if args.data_seed < 0:
-        parser.error(f"--data-seed must be >= 0; got {args.data_seed}.")
-
-
-def register_train_command(subparsers):
-    """Adds the `segmentation` subcommand to `python -m keras_hrvit.train`."""
-    parser = subparsers.add_parser(
-        "segmentation",
-        help="train a semantic segmentation model",
-        description=(
-            "Train an HRViT segmenter with the paper's recipe (AdamW, 10x head learning rate, "
-            "poly decay with warm-up). Checkpoints, history.json, training_curves.png and "
-            "TensorBoard logs go to --output-dir, and rerunning the same command resumes an "
-            "interrupted run. The final model is saved as OUTPUT_DIR/model.keras."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add_dataset_arguments(parser)
-    data = parser.add_argument_group("training data")
-    data.add_argument("--val-images-dir", help="folder dataset: validation images")
-    data.add_argument("--val-masks-dir", help="folder dataset: validation masks")
-    data.add_argument(
-        "--train-images", type=int, default=None, help="shapes: training images (1000)"
-    )
-    data.add_argument(
-        "--val-images", type=int, default=None, help="shapes: validation images (200)"
-    )
-    data.add_argument(
-        "--crop-size",
-        type=int,
-        nargs="+",
-        default=None,
-        help="training crop, H [W] (default: image size for shapes, 512 for ADE20K and folders, "
-        "1024 for Cityscapes)",
-    )
-    data.add_argument(
-        "--ratio-range",
-        type=float,
-        nargs=2,
-        default=(0.5, 2.0),
-        metavar=("LOW", "HIGH"),
-        help="random rescale ratio range",
-    )
-    data.add_argument(
-        "--photometric",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="photometric distortion",
-    )
-    model = parser.add_argument_group("model")
-    model.add_argument(
-        "--model",
-        required=True,
-        help="segmenter preset (e.g. hrvit_b1_ade20k) or backbone preset (e.g. hrvit_b1)",
-    )
-    model.add_argument("--head", choices=HEADS, default=None, help="decode head (segformer)")
-    model.add_argument("--head-channels", type=int, default=None, help="head width")
-    model.add_argument(
-        "--auxiliary-head",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="UperNet's auxiliary FCN head (default: on for UperNet)",
-    )
-    model.add_argument("--drop-path-rate", type=float, default=None, help="stochastic depth")
-    model.add_argument(
-        "--num-classes", type=int, default=None, help="classes (default: the dataset's)"
-    )
-    model.add_argument(
-        "--backbone-weights",
-        default=None,
-        metavar="PATH",
-        help="pretrained backbone to fine-tune from: an original checkpoint (.pth, .pt, .npz, "
-        ".safetensors), a classifier .keras (e.g. OUTPUT_DIR/model.keras of `train "
-        "classification`), a .weights.h5, or a preset folder / hf:// / kaggle:// handle; "
-        "loaded before training, not when resuming",
-    )
-    opt = parser.add_argument_group("optimization")
-    opt.add_argument("--batch-size", type=int, default=8, help="images per step")
-    opt.add_argument("--epochs", type=int, default=10, help="epochs")
-    opt.add_argument(
-        "--steps-per-epoch",
-        type=int,
-        default=None,
-        help="steps per epoch (default: one pass over the training set)",
-    )
-    opt.add_argument(
-        "--val-steps", type=int, default=None, help="validation batches per epoch (all)"
-    )
-    opt.add_argument("--lr", type=float, default=6e-5, help="peak learning rate")
-    opt.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
-    opt.add_argument("--head-lr-mult", type=float, default=10.0, help="head lr multiplier")
-    opt.add_argument("--warmup-steps", type=int, default=1500, help="linear warm-up steps")
-    opt.add_argument("--clipnorm", type=float, default=None, help="gradient norm clipping")
-    add_compile_arguments(opt)
-    add_distribution_argument(opt)
-    run = parser.add_argument_group("run")
-    run.add_argument("--output-dir", required=True, help="run directory")
-    run.add_argument("--seed", type=int, default=0, help="seed of weights and augmentation")
-    run.add_argument(
-        "--resume",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="continue an interrupted run from OUTPUT_DIR/backup",
-    )
-    run.add_argument(
-        "--validation",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="validate after every epoch (best.keras then tracks the validation mIoU)",
-    )
-    run.add_argument(
-        "--tensorboard",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="TensorBoard logs in OUTPUT_DIR/logs",
-    )
-    run.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1, help="fit verbosity")
-    parser.set_defaults(run=run_train_command, command_parser=parser)
-    return parser
-
-
-def _validate_train_arguments(args, parser):
-    _check_dataset_arguments(args, parser)
-    if args.model not in SEGMENTER_PRESETS and args.model not in BACKBONE_PRESETS:
-        parser.error(
-            f"unknown --model {args.model!r}. Segmenter presets: "
-            f"{', '.join(sorted(SEGMENTER_PRESETS))}. Backbone presets (with --head): "
-            f"{', '.join(sorted(BACKBONE_PRESETS))}."
-        )
-    for name in (
-        "batch_size",
-        "epochs",
-        "steps_per_epoch",
-        "val_steps",
-        "num_classes",
-        "head_channels",
-        "train_images",
-        "val_images",
-    ):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be a positive integer; got {value}.")
-    for name in ("lr", "head_lr_mult"):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be > 0; got {getattr(args, name)}.")
-    if args.weight_decay < 0 or args.warmup_steps < 0:
-        parser.error("--weight-decay and --warmup-steps must be >= 0.")
-    if args.clipnorm is not None and args.clipnorm <= 0:
-        parser.error(f"--clipnorm must be > 0; got {args.clipnorm}.")
-    if args.drop_path_rate is not None and not 0 <= args.drop_path_rate < 1:
-        parser.error(f"--drop-path-rate must be in [0, 1); got {args.drop_path_rate}.")
-    low, high = args.ratio_range
-    if not 0 < low <= high:
-        parser.error(f"--ratio-range needs 0 < LOW <= HIGH; got {low} {high}.")
-    if (args.val_images_dir is None) != (args.val_masks_dir is None):
-        parser.error("--val-images-dir and --val-masks-dir go together.")
-    if args.auxiliary_head and (args.head or "") != "upernet" and args.model in BACKBONE_PRESETS:
-        parser.error("--auxiliary-head needs --head upernet.")
-    if args.seed < 0:
-        parser.error(f"--seed must be >= 0; got {args.seed}.")
-    if args.backbone_weights is not None:
-        try:
-            check_backbone_source(args.backbone_weights)
-        except (ValueError, OSError) as error:
-            parser.error(f"--backbone-weights: {error}")
-    check_distribution_argument(args, parser)
-
-
-def apply_backbone_weights(model, source, resuming, parser=None):
-    """`--backbone-weights` of the training CLIs: loads `source` into the model's backbone
-    (printing what was loaded) unless the run resumes from its backup, which restores every
-    weight. A source that cannot be loaded is a `parser.error` (raised without `parser`).
-
-    Returns the description of what was loaded, or None."""
-    if source is None:
-        return None
-    if resuming:
-        print(f"--backbone-weights {source} not loaded: the resumed run restores its own weights.")
-        return None
-    try:
-        description = load_backbone_weights(model, source)
-    except (ValueError, OSError, ImportError) as error:
-        if parser is None:
-            raise
-        parser.error(f"--backbone-weights: {error}")
-    print(f"Loaded pretrained weights: {description}")
-    return description
-
-
-def _print_summary(output_dir, key):
-    path = os.path.join(output_dir, "history.json")
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        records = json.load(f)
-    values = [(r["epoch"], r[key]) for r in records if key in r]
-    if not values:
-        return None
-    best_epoch, best = max(values, key=lambda item: item[1])
-    print(
-        f"Validation mIoU: {values[-1][1]:.4f} (last epoch), {best:.4f} (best, epoch {best_epoch})"
-    )
-    return values[-1][1]
-
-
-def run_train_command(args, parser):
-    """Runs `python -m keras_hrvit.train segmentation ...` from parsed arguments."""
-    _validate_train_arguments(args, parser)
-    defaults = DATASET_DEFAULTS[args.dataset]
-    class_names = defaults["class_names"]
-    num_classes = args.num_classes
+def _check_evaluation_arguments(model, num_classes, class_names, num_overlays):
+    """Checks `evaluate_segmenter`'s arguments; returns `num_classes` (default: the model's)."""
     if num_classes is None:
-        if class_names is None and args.model not in SEGMENTER_PRESETS:
-            parser.error(f"--dataset {args.dataset} needs --num-classes.")
-        num_classes = None if class_names is None else len(class_names)
-    if class_names is not None and num_classes is not None and num_classes != len(class_names):
-        warnings.warn(
-            f"--num-classes {num_classes} differs from the {len(class_names)} classes of "
-            f"{args.dataset}.",
-            stacklevel=2,
+        num_classes = num_model_classes(model)
+        if num_classes is None:
+            raise ValueError("Pass `num_classes`: it cannot be read from the model.")
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(
+            f"`class_names` has {len(class_names)} names but the model has {num_classes} classes."
         )
-    crop_size = _pair(args.crop_size, "--crop-size", parser)
-    if crop_size is None:
-        crop_size = defaults["crop_size"] or (args.image_size, args.image_size)
-    if min(crop_size) < 32:
-        parser.error(f"--crop-size must be at least 32 pixels; got {crop_size}.")
+    if isinstance(num_overlays, bool) or not isinstance(num_overlays, int) or num_overlays < 0:
+        raise ValueError(f"`num_overlays` must be an int >= 0; got {num_overlays!r}.")
+    return num_classes
 
-    output_dir = args.output_dir
-    os.makedirs(output_dir, exist_ok=True)
-    backup = os.path.join(output_dir, "backup")
-    if not args.resume and os.path.exists(backup):
-        print(f"--no-resume: removing {backup} and starting from scratch.")
-        shutil.rmtree(backup)
-    resuming = os.path.exists(backup)
-    if resuming:
-        print(f"Resuming the interrupted run in {output_dir}.")
-    settings = {k: v for k, v in vars(args).items() if k not in ("run", "command_parser")}
-    settings["backend"] = keras.backend.backend()
-    _write_json(os.path.join(output_dir, "train_args.json"), settings)
 
-    keras.utils.set_random_seed(args.seed)
-    try:
-        # With --distribution data_parallel the variables are created replicated on every
-        # device (see keras_hrvit.distribution); train_segmenter then trains the model there.
-        with distribution_scope(args.distribution):
-            model = build_segmenter(
-                args.model,
-                num_classes=num_classes,
-                head=args.head,
-                head_channels=args.head_channels,
-                auxiliary_head=args.auxiliary_head,
-                drop_path_rate=args.drop_path_rate,
-            )
-    except ValueError as error:
-        parser.error(str(error))
-    apply_backbone_weights(model, args.backbone_weights, resuming, parser)
-    num_classes = _num_model_classes(model)
-
-    shapes_args = {"image_size": args.image_size, "seed": args.data_seed}
-    train_pairs = load_segmentation_split(
-        args.dataset,
-        "train",
-        data_dir=args.data_dir,
-        images_dir=args.images_dir,
-        masks_dir=args.masks_dir,
-        num_images=args.train_images,
-        **shapes_args,
-    )
-    train_ds = segmentation_train_pipeline(
-        train_pairs,
-        crop_size=crop_size,
-        base_scale=defaults["base_scale"],
-        ratio_range=tuple(args.ratio_range),
-        batch_size=args.batch_size,
-        photometric=args.photometric,
-        seed=args.seed,
-    )
-    val_ds = None
-    if args.validation and (args.dataset != "folder" or args.val_images_dir):
-        val_pairs = load_segmentation_split(
-            args.dataset,
-            "validation",
-            data_dir=args.data_dir,
-            images_dir=args.val_images_dir,
-            masks_dir=args.val_masks_dir,
-            num_images=args.val_images,
-            **shapes_args,
-        )
-        if args.dataset == "shapes":
-            val_ds = segmentation_eval_pipeline(val_pairs, batch_size=args.batch_size)
-        else:
-            val_ds = fixed_size_validation_pipeline(val_pairs, crop_size, args.batch_size)
-    steps = args.steps_per_epoch
-    if steps is None:
-        steps = int(train_ds.cardinality())
-        if steps <= 0:
-            parser.error(f"--dataset {args.dataset} needs --steps-per-epoch (its size is unknown).")
-
-    start = time.time()
-    train_segmenter(
+def _predict_classes(model, images, size, num_classes, mode, crop_size, stride, flip, scales):
+    """Class maps of a batch of images at `size`, the masks' resolution, as a numpy array."""
+    logits = predict_logits(
         model,
-        train_ds,
-        val_ds,
-        output_dir=output_dir,
-        epochs=args.epochs,
-        steps_per_epoch=steps,
-        learning_rate=args.lr,
-        weight_decay=args.weight_decay,
-        head_lr_mult=args.head_lr_mult,
-        warmup_steps=args.warmup_steps,
-        clipnorm=args.clipnorm,
-        validation_steps=args.val_steps,
-        **compile_kwargs(args),
-        tensorboard=args.tensorboard,
-        verbose=args.verbose,
-        distribution=args.distribution,
+        images,
+        mode=mode,
+        crop_size=crop_size,
+        stride=stride,
+        num_classes=num_classes,
+        flip=flip,
+        scales=scales,
+        return_numpy=False,
     )
-    path = save_model(model, os.path.join(output_dir, MODEL_FILE))
-    print(f"Trained for {time.time() - start:.0f} s; saved {path}")
-    if val_ds is not None:
-        _print_summary(output_dir, mean_iou_key(model))
-    return 0
+    logits = resize_logits(logits, size)
+    return keras.ops.convert_to_numpy(keras.ops.argmax(logits, axis=-1))
+
+
+def _save_overlays(output_dir, written, images, masks, predictions, class_names):
+    """Writes `overlays/NNNN.png` panels from number `written` on; returns the new count."""
+    shown = np.clip(np.rint(images), 0, 255).astype(np.uint8)
+    for image, mask, prediction in zip(shown, masks, predictions):
+        save_segmentation_panel(
+            os.path.join(output_dir, "overlays", f"{written:04d}.png"),
+            _resize_for_display(image, mask.shape),
+            mask,
+            prediction,
+            class_names=class_names,
+        )
+        written += 1
+    return written
 
 
 __all__ = [
     "DATASETS",
     "DATASET_DEFAULTS",
-    "add_dataset_arguments",
-    "apply_backbone_weights",
+    "MODEL_FILE",
+    "REPORT_FILE",
     "build_segmenter",
     "evaluate_segmenter",
     "fixed_size_validation_pipeline",
     "load_segmentation_split",
     "mean_iou_key",
-    "register_train_command",
-    "run_train_command",
-    "save_model",
+    "num_model_classes",
     "train_segmenter",
 ]

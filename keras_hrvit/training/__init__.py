@@ -1,8 +1,12 @@
 """Backend-agnostic training utilities: LR schedules, parameter-group AdamW and callbacks."""
 
+from keras_hrvit.training.backup import AtomicBackupAndRestore
 from keras_hrvit.training.callbacks import (
     AtomicModelCheckpoint,
     TrainingCurves,
+    TrainingDiverged,
+    raise_if_diverged,
+    save_model,
     standard_callbacks,
 )
 from keras_hrvit.training.optimizers import (
@@ -14,13 +18,17 @@ from keras_hrvit.training.optimizers import (
 from keras_hrvit.training.schedules import WarmupCosineDecay, WarmupPolyDecay
 
 __all__ = [
+    "AtomicBackupAndRestore",
     "AtomicModelCheckpoint",
     "ParamGroupAdamW",
     "TrainingCurves",
+    "TrainingDiverged",
     "WarmupCosineDecay",
     "WarmupPolyDecay",
     "build_adamw",
     "decay_exempt_variables",
     "decay_variables",
+    "raise_if_diverged",
+    "save_model",
     "standard_callbacks",
 ]

@@ -12,16 +12,13 @@ import math
 import os
 
 import keras
+import numpy as np
 
-from keras_hrvit.files import atomic_write, write_json
+from keras_hrvit.files import atomic_write, remove_stale_temporaries, write_json
+from keras_hrvit.training.backup import AtomicBackupAndRestore
 from keras_hrvit.validation import check_choice, check_positive_int
 
 logger = logging.getLogger(__name__)
-
-# The writers under their former private names, for modules not yet moved to keras_hrvit.files
-# (keras_hrvit/tasks/classification.py and segmentation.py import them from here).
-_atomic_write = atomic_write
-_write_json = write_json
 
 MODES = ("auto", "min", "max")
 _MAX_HINTS = ("acc", "iou", "dice", "auc", "precision", "recall", "f1", "fmeasure")
@@ -33,6 +30,16 @@ def _resolve_mode(monitor, mode):
         return mode
     name = monitor.lower()
     return "max" if any(hint in name for hint in _MAX_HINTS) else "min"
+
+
+def _read_json(path, consequence):
+    """The JSON in `path`, or None with a warning naming the file when it cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as error:
+        logger.warning("%s cannot be read (%s); %s.", path, error, consequence)
+        return None
 
 
 def _to_float(value):
@@ -99,6 +106,8 @@ class AtomicModelCheckpoint(keras.callbacks.Callback):
         self.last_path = os.path.join(self.directory, last_name + self.suffix)
         self.best_path = os.path.join(self.directory, best_name + self.suffix)
         self.best_state_path = os.path.join(self.directory, best_name + ".json")
+        # The epoch of `last`, for a resume that falls back on it (`AtomicBackupAndRestore`).
+        self.last_state_path = os.path.join(self.directory, last_name + ".json")
         self.best = None
         self._warned_missing = False
         self._first_epoch_seen = False
@@ -107,9 +116,11 @@ class AtomicModelCheckpoint(keras.callbacks.Callback):
         self.best = None
         self._first_epoch_seen = False
         if self.save_best and os.path.exists(self.best_state_path):
-            with open(self.best_state_path, encoding="utf-8") as f:
-                state = json.load(f)
-            if state.get("monitor") == self.monitor and state.get("mode") == self.mode:
+            state = _read_json(self.best_state_path, "the best value is tracked afresh")
+            if isinstance(state, dict) and (state.get("monitor"), state.get("mode")) == (
+                self.monitor,
+                self.mode,
+            ):
                 self.best = state.get("best")
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -138,6 +149,7 @@ class AtomicModelCheckpoint(keras.callbacks.Callback):
         final = self.params.get("epochs") == epoch + 1 if self.params else False
         if (epoch + 1) % self.save_freq == 0 or final or self.model.stop_training:
             self._save(self.last_path)
+            write_json(self.last_state_path, {"epoch": epoch + 1})
         if not self.save_best:
             return
         value = _to_float(logs[self.monitor]) if self.monitor in logs else None
@@ -198,8 +210,8 @@ class TrainingCurves(keras.callbacks.Callback):
         self.records = []
         self._first_epoch_seen = False
         if os.path.exists(self.json_path):
-            with open(self.json_path, encoding="utf-8") as f:
-                self.records = json.load(f)
+            records = _read_json(self.json_path, "the curves start again from this run")
+            self.records = records if isinstance(records, list) else []
 
     def on_epoch_begin(self, epoch, logs=None):
         if not self._first_epoch_seen:
@@ -255,6 +267,56 @@ class TrainingCurves(keras.callbacks.Callback):
         fig.savefig(path, format="png", dpi=100)
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; nothing of the diverged epoch was saved."""
+
+
+def raise_if_diverged(history, output_dir=None):
+    """Raises `TrainingDiverged` when an epoch of `history` (a `fit` History) ended with a
+    non-finite loss, naming the epoch and what was kept; otherwise returns `history`.
+
+    `TerminateOnNaN` stops `fit` at the first non-finite batch, but `fit` still returns
+    normally: a caller that saved the model then would save NaN weights.
+
+    Example:
+    >>> history = raise_if_diverged(model.fit(...), "runs/a")
+    """
+    losses = history.history.get("loss", [])
+    for index, loss in enumerate(losses):
+        if not math.isfinite(loss):
+            epoch = history.epoch[index] + 1 if history.epoch else index + 1
+            kept = ""
+            if output_dir is not None:
+                kept = (
+                    f" {os.path.join(output_dir, 'checkpoints', 'last.keras')} and the resume "
+                    f"state in {os.path.join(output_dir, 'backup')} hold epoch {epoch - 1} (if "
+                    "any): rerun to resume from there, with a lower learning rate."
+                )
+            raise TrainingDiverged(
+                f"Training diverged: the loss was {loss} in epoch {epoch}; nothing of that "
+                f"epoch was saved.{kept}"
+            )
+    return history
+
+
+def save_model(model, path):
+    """Saves `model` as a `.keras` file atomically; refuses a model with NaN/inf weights.
+
+    Example:
+    >>> save_model(model, "runs/a/model.keras")
+    """
+    path = os.fspath(path)
+    if not path.endswith(".keras"):
+        raise ValueError(f"The model path must end in '.keras'; got {path!r}.")
+    for variable in model.weights:
+        if not np.all(np.isfinite(keras.ops.convert_to_numpy(variable))):
+            raise TrainingDiverged(
+                f"Not saving {path!r}: weight {variable.path} holds NaN or infinite values."
+            )
+    atomic_write(path, lambda tmp: model.save(tmp), ".keras")
+    return path
+
+
 def standard_callbacks(
     output_dir,
     monitor="val_loss",
@@ -268,11 +330,15 @@ def standard_callbacks(
 ):
     """The callback set for a resumable training run under `output_dir`.
 
-    Returns, in order: `BackupAndRestore(output_dir/backup)` (restores weights, optimizer state
-    and the epoch when `fit` is rerun after a crash), `TerminateOnNaN`,
-    `AtomicModelCheckpoint(output_dir/checkpoints)`, `TrainingCurves(output_dir)` and
-    `TensorBoard(output_dir/logs)`. TensorBoard needs the `tensorflow` and `tensorboard`
-    packages (on any Keras backend); without them it is skipped with a logged warning.
+    Returns, in order: `TerminateOnNaN`, `AtomicModelCheckpoint(output_dir/checkpoints)`,
+    `TrainingCurves(output_dir)`, `TensorBoard(output_dir/logs)` and last
+    `AtomicBackupAndRestore(output_dir/backup)`, which restores weights, optimizer state and
+    the epoch when `fit` is rerun after a crash or a kill (falling back on
+    `checkpoints/last.keras` when that state is unreadable). The resume state is written last
+    in each epoch: a run killed before it redoes the epoch, rewriting everything else.
+    Temporary files a killed run left in `output_dir` are removed first.
+    TensorBoard needs the `tensorflow` and `tensorboard` packages (on any Keras backend);
+    without them it is skipped with a logged warning.
 
     Example:
 
@@ -283,10 +349,9 @@ def standard_callbacks(
         raise ValueError("`output_dir` must be a non-empty path.")
     output_dir = os.fspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
-    out = []
-    if backup:
-        out.append(keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")))
-    out.append(keras.callbacks.TerminateOnNaN())
+    for path in remove_stale_temporaries(output_dir):
+        logger.warning("Removed %s, left by a run killed while writing it.", path)
+    out = [keras.callbacks.TerminateOnNaN()]
     out.append(
         AtomicModelCheckpoint(
             os.path.join(output_dir, "checkpoints"),
@@ -308,7 +373,22 @@ def standard_callbacks(
             )
         else:
             out.append(keras.callbacks.TensorBoard(os.path.join(output_dir, "logs")))
+    if backup:
+        checkpoint = "last.weights.h5" if save_weights_only else "last.keras"
+        out.append(
+            AtomicBackupAndRestore(
+                os.path.join(output_dir, "backup"),
+                fallback=os.path.join(output_dir, "checkpoints", checkpoint),
+            )
+        )
     return out
 
 
-__all__ = ["AtomicModelCheckpoint", "TrainingCurves", "standard_callbacks"]
+__all__ = [
+    "AtomicModelCheckpoint",
+    "TrainingCurves",
+    "TrainingDiverged",
+    "raise_if_diverged",
+    "save_model",
+    "standard_callbacks",
+]

@@ -113,6 +113,12 @@ def _torch_load(torch, path, weights_only):
         raise CheckpointError(
             f"{path!r} is not a readable PyTorch checkpoint ({_first_line(error)})."
         ) from None
+    except (KeyError, IndexError) as error:
+        # The safe unpickler reading bytes that are no pickle (a text file named .pth).
+        raise CheckpointError(
+            f"{path!r} is not a readable PyTorch checkpoint (unpickling failed: "
+            f"{type(error).__name__} {error})."
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
         raise CheckpointError(
             f"{path!r} could not be read; is it truncated or corrupt? ({_first_line(error)})"
