@@ -7,6 +7,10 @@ from reference import fast_compile_kwargs, micro_backbone, tiny_backbone
 
 import keras_hrvit
 
+# Training mode on JAX is checked against the original (outputs, gradients, BatchNorm
+# statistics) by tests/test_train_reference.py; this fit costs CI a minute of XLA there.
+JAX_TRAIN_REASON = "train mode on JAX: tests/test_train_reference.py; XLA time in CI"
+
 
 def _count(model):
     return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
@@ -74,6 +78,7 @@ def test_variant_functions_build_the_preset_classifier():
 
 
 @pytest.mark.backend
+@pytest.mark.skipif(keras.backend.backend() == "jax", reason=JAX_TRAIN_REASON)
 def test_fit_decreases_the_loss_in_train_mode():
     keras.utils.set_random_seed(1)
     model = keras_hrvit.HRViTClassifier(

@@ -32,6 +32,10 @@ from keras_hrvit.weights import transfer_backbone_weights
 NUM_CLASSES = 8
 SIZE = 32
 
+# Training mode on JAX is checked against the original (outputs, gradients, BatchNorm
+# statistics) by tests/test_train_reference.py; this fit costs CI a minute of XLA there.
+JAX_TRAIN_REASON = "train mode on JAX: tests/test_train_reference.py; XLA time in CI"
+
 
 def _micro_classifier(drop_path_rate=0.1, **overrides):
     backbone = keras_hrvit.HRViTBackbone(
@@ -239,6 +243,7 @@ def test_schedule_and_resume_on_mixed_labels(tmp_path, capsys):
 
 
 @pytest.mark.backend
+@pytest.mark.skipif(keras.backend.backend() == "jax", reason=JAX_TRAIN_REASON)
 def test_hrvit_trains_on_mixed_labels(tmp_path):
     # The short run on every backend: two steps of a micro HRViT on smoothed Mixup/CutMix labels.
     train = _train_data(num_images=16, batch_size=8, randaugment=False)

@@ -29,6 +29,11 @@ def micro_presets(monkeypatch):
     _register_micro(monkeypatch)
 
 
+# On JAX these runs cost CI a minute and a half of XLA compilation; the JAX train step is the
+# one `fit` compiles in tests/test_tasks.py, and the CLI around it is backend-neutral.
+JAX_CLI_REASON = "the CLI's JAX train step is test_tasks' fit; XLA time in CI"
+
+
 def _records(output_dir):
     with open(os.path.join(output_dir, "history.json"), encoding="utf-8") as f:
         return json.load(f)
@@ -55,6 +60,7 @@ def trained_run(tmp_path_factory):
 
 
 @pytest.mark.backend
+@pytest.mark.skipif(keras.backend.backend() == "jax", reason=JAX_CLI_REASON)
 def test_cli_run_writes_checkpoints_history_curves_and_model(trained_run):
     files = sorted(os.listdir(trained_run / "checkpoints"))
     assert files == ["best.json", "best.keras", "last.json", "last.keras"]
@@ -75,6 +81,7 @@ def test_cli_run_writes_checkpoints_history_curves_and_model(trained_run):
 
 
 @pytest.mark.backend
+@pytest.mark.skipif(keras.backend.backend() == "jax", reason=JAX_CLI_REASON)
 def test_evaluate_cli_writes_report_and_overlays(trained_run, tmp_path, capsys):
     out = tmp_path / "eval"
     # No --image-size: it is read from the run's train_args.json (64, not the default 128).
