@@ -7,7 +7,7 @@ import os
 import sys
 
 import keras_hrvit  # noqa: F401  (registers the saved model's classes)
-from keras_hrvit.cli.common import TRAIN_ARGS_FILE, finite_float, pair
+from keras_hrvit.cli.common import TRAIN_ARGS_FILE, finite_float, pair, report_failure
 from keras_hrvit.cli.train_segmentation import add_dataset_arguments, check_dataset_arguments
 from keras_hrvit.data import segmentation_eval_pipeline
 from keras_hrvit.data.segmentation import bad_example_message
@@ -125,8 +125,7 @@ def main(argv=None):
         message = bad_example_message(error)
         if message is None:
             raise
-        print(f"{parser.prog}: error: {message}", file=sys.stderr)
-        return 1
+        return report_failure(parser, message)
     report_path = os.path.join(args.output_dir, REPORT_FILE)
     print(
         f"mIoU {report['mIoU']:.4f}  mAcc {report['mAcc']:.4f}  aAcc {report['aAcc']:.4f}  "
