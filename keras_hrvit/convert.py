@@ -2,7 +2,7 @@
 folder.
 
     python -m keras_hrvit.convert SRC DST.keras --model PRESET [--task TASK]
-        [--num-classes N] [--head-channels C] [--config JSON] [--ema] [--overwrite]
+        [--num-classes N] [--head-channels C] [--config JSON] [--ema] [--overwrite] [--no-progress]
     python -m keras_hrvit.convert SRC --preset-dir DIR --model PRESET [...]
 
 SRC is a `.pth`/`.pt` (needs PyTorch), `.npz` or `.safetensors` file holding a timm trainer
@@ -19,9 +19,11 @@ The options are in `keras_hrvit/cli/convert.py` (`keras_hrvit.cli.convert.main` 
 Python).
 """
 
+import contextlib
 import json
 import logging
 import os
+import sys
 
 import keras
 import numpy as np
@@ -155,6 +157,7 @@ def convert_checkpoint(
     trust_pickle=False,
     preset_dir=None,
     overwrite=False,
+    progress=False,
 ):
     """Converts checkpoint `src` into a Keras file `dst`, or a preset folder `preset_dir`.
 
@@ -163,6 +166,8 @@ def convert_checkpoint(
     same arguments. Returns the written path. Arguments are as in
     `build_model` and `read_checkpoint`. `preset_dir` writes the whole model with
     `preset_io.save_to_preset`, so that `from_preset(preset_dir)` rebuilds it with these weights.
+    `progress` shows a progress bar on stderr, one step per stage (read, build, load, check,
+    write).
 
     Example:
     >>> convert_checkpoint("ade.pth", "b1_ade.weights.h5", model="hrvit_b1_ade20k")
@@ -173,26 +178,59 @@ def convert_checkpoint(
     'presets/b1_ade'
     """
     target = _check_target(dst, preset_dir, overwrite)
-    state = read_checkpoint(src, ema=ema, trust_pickle=trust_pickle)
-    keras_model, task = build_model(
-        state,
-        model=model,
-        config=config,
-        task=task,
-        num_classes=num_classes,
-        head_channels=head_channels,
-    )
-    _load_strictly(
-        keras_model, state, f"{os.fspath(src)!r}", f"{task} model {_describe(model, config)}"
-    )
-    _check_outputs(keras_model)
-    if preset_dir is None and target.endswith(".keras"):
-        atomic_write(target, keras_model.save, ".keras")
-    elif preset_dir is None:
-        atomic_write(target, keras_model.save_weights, ".weights.h5")
-    else:
-        preset_io.save_to_preset(keras_model, target)
+    with _stages(progress) as stage:
+        stage("read checkpoint")
+        state = read_checkpoint(src, ema=ema, trust_pickle=trust_pickle)
+        stage("build model")
+        keras_model, task = build_model(
+            state,
+            model=model,
+            config=config,
+            task=task,
+            num_classes=num_classes,
+            head_channels=head_channels,
+        )
+        stage("load weights")
+        _load_strictly(
+            keras_model, state, f"{os.fspath(src)!r}", f"{task} model {_describe(model, config)}"
+        )
+        stage("check outputs")
+        _check_outputs(keras_model)
+        stage("write")
+        if preset_dir is None and target.endswith(".keras"):
+            atomic_write(target, keras_model.save, ".keras")
+        elif preset_dir is None:
+            atomic_write(target, keras_model.save_weights, ".weights.h5")
+        else:
+            preset_io.save_to_preset(keras_model, target)
+        stage(None)
     return target
+
+
+_STAGES = 5  # the `stage` calls of `convert_checkpoint`
+
+
+@contextlib.contextmanager
+def _stages(progress):
+    """Yields `stage(name)`, which completes the previous stage and names the next one (None:
+    done) on a tqdm bar on stderr; with `progress` False the bar is off."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=_STAGES, desc="convert", unit="stage", file=sys.stderr, disable=not progress)
+    started = False
+
+    def stage(name):
+        nonlocal started
+        if started:
+            bar.update()
+        started = True
+        if name is not None:
+            bar.set_postfix_str(name)
+
+    try:
+        yield stage
+    finally:
+        bar.close()
 
 
 def _check_target(dst, preset_dir, overwrite):

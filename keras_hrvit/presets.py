@@ -134,12 +134,15 @@ HEAD_CHANNELS = {"segformer": 256, "upernet": 512}
 CLASSIFIER_HEAD_CHANNELS = (32, 64, 128, 256)
 TINY_CLASSIFIER_HEAD_CHANNELS = (8, 16, 32, 64)
 
-# The paper's fine-tuning recipe for ADE20K and Cityscapes (MMSegmentation): AdamW, no weight
-# decay on normalization weights and biases (HRViT has no position embeddings), the heads at 10x
-# the learning rate, linear warm-up then poly decay over 160k iterations.
+# The paper's fine-tuning recipe for ADE20K and Cityscapes (MMSegmentation): AdamW with weight
+# decay 0.01 but none on the LayerNorms ("layer_norms": the released configs exempt parameter
+# names containing "norm", HRViT's LayerNorms; its BatchNorms and all biases decay; it has no
+# position embeddings), the heads at 10x the learning rate, linear warm-up then poly decay over
+# 160k iterations.
 SEGMENTATION_RECIPE = {
     "learning_rate": 6e-5,
     "weight_decay": 0.01,
+    "decay_exempt": "layer_norms",
     "beta_1": 0.9,
     "beta_2": 0.999,
     "head_lr_mult": 10.0,
@@ -151,13 +154,15 @@ SEGMENTATION_RECIPE = {
 }
 
 # The paper's ImageNet recipe (DeiT's, through timm): AdamW at 1e-3 for a batch of 1024 (scaled
-# linearly with the batch size), no decay on norms and biases, cosine decay over 300 epochs with
-# 20 warm-up epochs, gradient clipping 1.0, label smoothing 0.1 (of class-id labels: the package's
-# pipelines smooth and mix their soft labels themselves).
+# linearly with the batch size), no decay on norms and biases (timm's rule: every variable with
+# ndim <= 1), cosine decay over 300 epochs with 20 warm-up epochs, gradient clipping 1.0, label
+# smoothing 0.1 (of class-id labels: the package's pipelines smooth and mix their soft labels
+# themselves).
 CLASSIFICATION_RECIPE = {
     "learning_rate": 1e-3,
     "reference_batch_size": 1024,
     "weight_decay": 0.05,
+    "decay_exempt": "norms_and_biases",
     "epochs": 300,
     "steps_per_epoch": 1251,  # ImageNet-1k's 1,281,167 images at batch 1024
     "warmup_fraction": 20 / 300,

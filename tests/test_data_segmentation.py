@@ -20,6 +20,7 @@ from keras_hrvit.data import (
     load_cityscapes,
     load_folder,
     load_shapes,
+    loaders,
     segmentation_eval_pipeline,
     segmentation_train_pipeline,
 )
@@ -338,27 +339,66 @@ def test_eval_pipeline_resizes_and_pads():
 # --- loaders -------------------------------------------------------------------------------------
 
 
-def test_load_ade20k_through_tfds_mock_reduces_zero_label():
-    import tensorflow_datasets as tfds
+def write_ade20k_tree(root, sizes, seed=0, size=(48, 64)):
+    """A tiny `ADEChallengeData2016` folder in the release's layout and names: `sizes` maps
+    "training" / "validation" to a number of JPEG images, each with a single-channel PNG
+    annotation of 8x8 blocks of labels 0-150, both ends included (every label drawn in its own
+    colour). Returns `{split: [annotation arrays]}` in file order."""
+    from PIL import Image
 
+    rng = np.random.default_rng(seed)
+    written = {}
+    for split, count in sizes.items():
+        prefix = "train" if split == "training" else "val"
+        for index in range(count):
+            labels = rng.integers(0, 151, (size[0] // 8, size[1] // 8))
+            labels.flat[:2] = (0, 150)  # "other" and the last class in every annotation
+            labels = np.kron(labels, np.ones((8, 8), np.int64)).astype(np.uint8)
+            colours = rng.integers(0, 256, (151, 3)).astype(np.uint8)
+            name = f"ADE_{prefix}_{index + 1:08d}"
+            for folder, array, extension in (
+                ("images", colours[labels], ".jpg"),
+                ("annotations", labels, ".png"),
+            ):
+                directory = os.path.join(root, folder, split)
+                os.makedirs(directory, exist_ok=True)
+                Image.fromarray(array).save(os.path.join(directory, name + extension))
+            written.setdefault(split, []).append(labels)
+    return written
+
+
+def test_load_ade20k_reads_the_challenge_folder_and_reduces_zero_label(tmp_path):
     assert len(ADE20K_CLASSES) == 150 and ADE20K_CLASSES[0] == "wall"
-    with tfds.testing.mock_data(num_examples=3):
-        raw = list(tfds.load("scene_parse150", split="test").as_numpy_iterator())
-        ours = list(load_ade20k("validation").as_numpy_iterator())
-        plain = list(load_ade20k("test", reduce_zero_label=False).as_numpy_iterator())
-    assert len(raw) == len(ours) == 3
-    saw_zero = False
-    for example, (image, mask), (_, plain_mask) in zip(raw, ours, plain):
-        labels = example["annotation"][..., 0]
-        np.testing.assert_array_equal(image, example["image"])
-        assert mask.dtype == np.uint8 and mask.shape == labels.shape
+    root = str(tmp_path / "ADEChallengeData2016")
+    written = write_ade20k_tree(root, {"training": 3, "validation": 2})
+    # A folder smaller than the release is read, with a warning naming it and the counts.
+    with pytest.warns(UserWarning) as record:
+        ours = list(load_ade20k("val", data_dir=root).as_numpy_iterator())
+    assert str(record[0].message).startswith(
+        f"ADE20K folder {root} holds 2 validation images and 2 annotations, fewer than the "
+        "release's 2,000"
+    )
+    assert len(ours) == 2
+    for index, ((image, mask), labels) in enumerate(zip(ours, written["validation"])):
+        path = os.path.join(root, "images", "validation", f"ADE_val_{index + 1:08d}.jpg")
+        np.testing.assert_array_equal(image, tf.io.decode_jpeg(tf.io.read_file(path)).numpy())
+        assert mask.dtype == np.uint8 and mask.shape == labels.shape == (48, 64)
         np.testing.assert_array_equal(mask == IGNORE_LABEL, labels == 0)
         np.testing.assert_array_equal(mask[labels > 0], labels[labels > 0] - 1)
-        np.testing.assert_array_equal(plain_mask, labels)
-        saw_zero |= bool((labels == 0).any())
-    assert saw_zero
-    with pytest.raises(ValueError, match="split"):
-        load_ade20k("training")
+        assert {149, 255} <= set(np.unique(mask))  # from 150 and 0
+
+    # The folder holding ADEChallengeData2016 works too; every split name; the raw labels.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for split in ("train", "training"):
+            masks = [m for _, m in load_ade20k(split, data_dir=str(tmp_path)).as_numpy_iterator()]
+            assert len(masks) == 3
+        plain = load_ade20k("validation", data_dir=str(tmp_path), reduce_zero_label=False)
+        for (_, mask), labels in zip(plain.as_numpy_iterator(), written["validation"]):
+            np.testing.assert_array_equal(mask, labels)
+    for split in ("test", "train[:10%]", None):
+        with pytest.raises(ValueError, match=r"^`split` must be 'train' \(or 'training'\) or "):
+            load_ade20k(split, data_dir=root)
 
 
 def _write_png(path, array):
@@ -636,6 +676,71 @@ def test_load_cityscapes_refuses_empty_or_all_bad_data(tmp_path):
         load_cityscapes(str(root), split="train")
 
 
-def test_load_ade20k_refuses_a_data_dir_without_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"ADE20K .*not found in .*tfds"):
-        load_ade20k("validation", data_dir=str(tmp_path / "tfds"), download=False)
+def test_load_ade20k_refuses_a_data_dir_without_it(tmp_path, monkeypatch):
+    missing = str(tmp_path / "data")
+    with pytest.raises(FileNotFoundError) as info:
+        load_ade20k("validation", data_dir=missing, download=False)
+    assert str(info.value) == (
+        f"ADE20K (ADEChallengeData2016 with images/ and annotations/) not found in {missing}: "
+        f"pass download=True, or download {loaders.ADE20K_URL} and extract it there."
+    )
+    # Without `data_dir`, Keras's cache.
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "home"))
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "home" / "datasets"))):
+        load_ade20k("train", download=False)
+    assert not os.path.exists(missing)
+
+
+def test_load_ade20k_downloads_through_keras_get_file(tmp_path, monkeypatch):
+    import shutil
+
+    # The "download" is a zip of a tiny tree, fetched by the real get_file from a file:// URL.
+    source = tmp_path / "source"
+    written = write_ade20k_tree(str(source / "ADEChallengeData2016"), {"validation": 2}, seed=1)
+    archive = shutil.make_archive(
+        str(tmp_path / "release"), "zip", root_dir=source, base_dir="ADEChallengeData2016"
+    )
+    real_get_file, calls = keras.utils.get_file, []
+
+    def get_file(fname, origin, **kwargs):
+        calls.append((fname, origin, kwargs))
+        return real_get_file(fname, "file://" + archive, **kwargs)
+
+    monkeypatch.setattr(keras.utils, "get_file", get_file)
+    cache = tmp_path / "cache"  # not there yet
+    extraction = cache / "ADEChallengeData2016_extracted"
+    root = extraction / "ADEChallengeData2016"
+    # The release has 2,000 validation images: an extraction with fewer is refused.
+    with pytest.raises(ValueError) as info:
+        load_ade20k("validation", data_dir=str(cache))
+    assert str(info.value) == (
+        f"ADE20K folder {root} is incomplete: 2 validation images and 2 annotations, where the "
+        f"release has 2,000 of each (an interrupted download or extraction); delete {extraction} "
+        f"(and {cache / 'ADEChallengeData2016.zip'} if extracting it again fails) and call "
+        "load_ade20k again."
+    )
+    assert calls == [
+        (
+            "ADEChallengeData2016.zip",
+            loaders.ADE20K_URL,
+            {"cache_dir": str(cache), "cache_subdir": "", "extract": True},
+        )
+    ]
+    assert (cache / "ADEChallengeData2016.zip").is_file()
+    assert sorted(os.listdir(root / "annotations" / "validation")) == [
+        "ADE_val_00000001.png",
+        "ADE_val_00000002.png",
+    ]
+
+    # With the release's counts met, the extracted folder is read as it is, without a download.
+    monkeypatch.setattr(loaders, "ADE20K_SPLIT_SIZES", {"training": 20210, "validation": 2})
+    pairs = list(load_ade20k("val", data_dir=str(cache)).as_numpy_iterator())
+    assert len(calls) == 1 and len(pairs) == 2
+    for (_, mask), labels in zip(pairs, written["validation"]):
+        np.testing.assert_array_equal(mask, np.where(labels == 0, 255, labels - 1))
+
+    # Without `data_dir`, into Keras's cache.
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "home"))
+    assert len(list(load_ade20k("validation"))) == 2
+    assert calls[-1][2]["cache_dir"] == str(tmp_path / "home" / "datasets")
+    assert (tmp_path / "home" / "datasets" / "ADEChallengeData2016_extracted").is_dir()

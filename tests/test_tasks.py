@@ -20,20 +20,28 @@ def _eager_on_tensorflow():
 def _paper_groups(model):
     """The paper's optimizer groups, written out: `{path: (lr multiplier, decays)}`.
 
-    MMSegmentation's HRViT configs: weight decay 0.01 except normalization weights and biases
-    (HRViT has no position embeddings), learning rate x10 on the decode and auxiliary heads.
+    MMSegmentation's HRViT configs: weight decay 0.01 except parameters whose names contain
+    "norm", which in HRViT are exactly its LayerNorms (its BatchNorms, biases and heads decay);
+    learning rate x10 on the decode and auxiliary heads.
     """
+    layer_norms = {
+        v.path
+        for layer in model._flatten_layers()
+        if isinstance(layer, keras.layers.LayerNormalization)
+        for v in layer.trainable_weights
+    }
     groups = {}
     for variable in model.trainable_variables:
         head = variable.path.split("/")[0] in ("decode_head", "auxiliary_head")
-        decays = variable.name not in ("gamma", "beta", "bias")
-        groups[variable.path] = (10.0 if head else 1.0, decays)
+        groups[variable.path] = (10.0 if head else 1.0, variable.path not in layer_norms)
     return groups
 
 
-# On every backend (the other tests here check backend-neutral logic, on TensorFlow only: the
-# XLA compilations of their train steps cost JAX minutes).
+# On TensorFlow and PyTorch (the other tests here check backend-neutral logic, on TensorFlow
+# only). JAX's train step is checked against the original's outputs, gradients and BatchNorm
+# statistics by tests/test_train_reference.py; this fit cost 90 s of XLA compilation in CI.
 @pytest.mark.backend
+@pytest.mark.skipif(keras.backend.backend() == "jax", reason="JAX training: test_train_reference")
 def test_preset_segmenter_trains_with_compile_defaults_on_raw_images():
     keras.utils.set_random_seed(0)
     model = HRViTSegmenter.from_preset("hrvit_tiny_shapes")

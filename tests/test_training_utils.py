@@ -18,6 +18,7 @@ from keras_hrvit.training import (
     decay_variables,
     standard_callbacks,
 )
+from keras_hrvit.training.optimizers import EXCLUDE_MODES
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HAS_TENSORBOARD = all(importlib.util.find_spec(m) for m in ("tensorflow", "tensorboard"))
@@ -129,6 +130,13 @@ def test_decay_exemptions_are_norms_and_biases():
     ]
     assert [v.path for v in decay_variables(model)] == ["conv/kernel", "fc/kernel", "head/kernel"]
     assert [v.path for v in decay_exempt_variables(model, exclude_from_decay="none")] == []
+    assert [v.path for v in decay_exempt_variables(model, "norms")] == [
+        "bn/gamma",
+        "bn/beta",
+        "ln/gamma",
+        "ln/beta",
+    ]
+    assert [v.path for v in decay_exempt_variables(model, "layer_norms")] == ["ln/gamma", "ln/beta"]
 
     opt = build_adamw(model, 1e-3, weight_decay=0.05, lr_multipliers={"head": 10.0})
     assert sorted(opt.no_decay_paths) == sorted(exempt)
@@ -144,6 +152,109 @@ def test_decay_exemptions_are_norms_and_biases():
         build_adamw(model, 1e-3, weight_decay=0.05, exclude_from_decay="biases")
     with pytest.raises(TypeError, match="multipliers must be numbers"):
         build_adamw(model, 1e-3, weight_decay=0.05, lr_multipliers=lambda v: True)
+
+
+# MMSegmentation's `paramwise_cfg.custom_keys` of HRViT's released ADE20K / Cityscapes configs,
+# in the order its DefaultOptimizerConstructor tries them (longest first, then alphabetical): the
+# first key that is a substring of a parameter's name sets its lr_mult and decay_mult.
+_MMSEG_CUSTOM_KEYS = (
+    ("relative_position_bias_table", {"decay_mult": 0.0}),
+    ("absolute_pos_embed", {"decay_mult": 0.0}),
+    ("head", {"lr_mult": 10.0}),
+    ("norm", {"decay_mult": 0.0}),
+)
+
+
+def _original_groups(model):
+    """`{path: (lr_mult, decays)}` of MMSegmentation's rule applied to the original's names."""
+    from keras_hrvit.weights.torch_names import torch_variable_map
+
+    groups = {}
+    for name, (variable, _) in torch_variable_map(model).items():
+        if not variable.trainable:
+            continue
+        setting = next((cfg for key, cfg in _MMSEG_CUSTOM_KEYS if key in name), {})
+        groups[variable.path] = (setting.get("lr_mult", 1.0), setting.get("decay_mult", 1.0) > 0)
+    return groups
+
+
+@pytest.mark.parametrize("head", ["segformer", "upernet"])
+def test_segmenter_decay_exemptions_match_the_original_configs(head):
+    from reference import MICRO_CONFIG, micro_backbone
+
+    from keras_hrvit import HRViTSegmenter
+
+    auxiliary = head == "upernet"
+    model = HRViTSegmenter(
+        micro_backbone(), num_classes=3, head=head, head_channels=8, auxiliary_head=auxiliary
+    )
+    paths = {v.path for v in model.trainable_variables}
+    original = _original_groups(model)
+    assert set(original) == paths  # every trainable variable has an original name
+    exempt = {mode: {v.path for v in decay_exempt_variables(model, mode)} for mode in EXCLUDE_MODES}
+
+    # The recipe's default: exactly the parameters the original exempts, the LayerNorms' scale
+    # and offset: two per block (attn_norm, ffn_norm), per patch embedding and per stage norm.
+    assert exempt["layer_norms"] == {p for p, (_, decays) in original.items() if not decays}
+    modules = MICRO_CONFIG["blocks"]
+    assert len(exempt["layer_norms"]) == sum(4 * sum(m) + 4 * len(m) for m in modules) == 56
+    assert all(p.endswith(("/gamma", "/beta")) for p in exempt["layer_norms"])
+    # The BatchNorms decay there (the original names them bn1, bn2, attn_bn or by index), and
+    # so do the heads' and every bias.
+    for path in (
+        "stem/bn1/gamma",
+        "m0_branch0_block0/attn/norm/gamma",
+        "m0_branch0_block0/attn/norm/beta",
+        "m0_branch0_block0/attn/qv/bias",
+        "stem/conv1/bias",
+    ):
+        assert path in paths and path not in exempt["layer_norms"], path
+    assert not any(p.startswith(("decode_head/", "auxiliary_head/")) for p in exempt["layer_norms"])
+    assert {p for p, (mult, _) in original.items() if mult == 10.0} == {
+        p for p in paths if p.startswith(("decode_head/", "auxiliary_head/"))
+    }
+
+    # The other choices, by name: every normalization layer's scale and offset; those and every
+    # bias (timm's ndim <= 1); nothing.
+    batch_norms = {p for p in paths if p.endswith(("/gamma", "/beta"))} - exempt["layer_norms"]
+    assert exempt["norms"] == exempt["layer_norms"] | batch_norms and batch_norms
+    biases = {p for p in paths if p.endswith("/bias")}
+    assert exempt["norms_and_biases"] == exempt["norms"] | biases
+    assert {v.path for v in model.trainable_variables if len(v.shape) <= 1} == (
+        exempt["norms_and_biases"]
+    )
+    assert exempt["none"] == set()
+    counts = {mode: len(exempt[mode]) for mode in EXCLUDE_MODES}
+    if head == "segformer":
+        assert len(paths) == 283
+        assert counts == {"layer_norms": 56, "norms": 118, "norms_and_biases": 195, "none": 0}
+
+    # `compile()` applies the recipe's choice, or the one named.
+    model.compile(total_steps=10)
+    settings = model.optimizer.variable_settings()
+    assert {p: (s["lr_mult"], s["decay"]) for p, s in settings.items()} == original
+    model.compile(total_steps=10, decay_exempt="norms_and_biases")
+    assert set(model.optimizer.no_decay_paths) == exempt["norms_and_biases"]
+    with pytest.raises(ValueError) as info:
+        model.compile(decay_exempt="biases")
+    assert str(info.value) == (
+        "`decay_exempt` must be one of 'layer_norms', 'norms', 'norms_and_biases', 'none'; got "
+        "'biases'."
+    )
+
+
+def test_classifier_recipe_exempts_norms_and_biases_by_default():
+    from reference import micro_backbone
+
+    from keras_hrvit import HRViTClassifier
+
+    model = HRViTClassifier(micro_backbone(), classes=3, head_channels=(2, 2, 2, 2))
+    model.compile(total_steps=10)
+    one_dimensional = {v.path for v in model.trainable_variables if len(v.shape) <= 1}
+    assert set(model.optimizer.no_decay_paths) == one_dimensional
+    model.compile(total_steps=10, decay_exempt="layer_norms")
+    exempt = {v.path for v in decay_exempt_variables(model, "layer_norms")}
+    assert set(model.optimizer.no_decay_paths) == exempt and exempt < one_dimensional
 
 
 def test_multiplier_scales_first_adam_step_and_decay():
@@ -342,6 +453,7 @@ def test_interrupted_fit_resumes_with_backup_and_schedule(tmp_path):
         "TerminateOnNaN",
         "AtomicModelCheckpoint",
         "TrainingCurves",
+        "AtomicCSVLogger",
     ] + (["TensorBoard"] if HAS_TENSORBOARD else []) + ["AtomicBackupAndRestore"]
     history = resumed.fit(x, y, callbacks=callbacks, **fit_kwargs)
     assert recorder.epochs == [2, 3]

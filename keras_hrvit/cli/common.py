@@ -1,8 +1,8 @@
 """Command-line arguments and steps shared by several commands.
 
 The options of both training subcommands (`--jit-compile`, `--run-eagerly`, `--distribution`,
-`--backbone-weights`), their run folder (lock, resuming, `--overwrite`, `train_args.json`), and
-small argparse types.
+`--backbone-weights`), their run folder (lock, resuming, `--overwrite`, `train_args.json`),
+small argparse types, and the `--help` layout (`HelpFormatter`, `examples_epilog`).
 """
 
 import argparse
@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import sys
+import textwrap
 
 import keras
 
@@ -21,6 +22,41 @@ from keras_hrvit.weights.pretrained import check_backbone_source, load_backbone_
 
 JIT_CHOICES = {"auto": "auto", "true": True, "false": False}
 TRAIN_ARGS_FILE = "train_args.json"
+
+
+# --- --help -------------------------------------------------------------------------------------
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default and keeps the line breaks of the description and epilog
+    (wrap the description with `wrap_description`, end with `examples_epilog`).
+
+    Example:
+    >>> argparse.ArgumentParser(formatter_class=HelpFormatter, epilog=examples_epilog("..."))
+    """
+
+
+def wrap_description(text, width=79):
+    """`text` filled to `width` columns, for a parser whose formatter keeps line breaks.
+
+    Example:
+    >>> wrap_description("Evaluate a saved HRViT segmenter.")
+    'Evaluate a saved HRViT segmenter.'
+    """
+    return textwrap.fill(" ".join(text.split()), width)
+
+
+def examples_epilog(*commands):
+    """A `--help` epilog: `Example:` (or `Examples:`), then each command, indented. A command
+    may span lines, continued with ` \\`.
+
+    Example:
+    >>> print(examples_epilog("python -m keras_hrvit.predict model.keras a.jpg --out out"))
+    Example:
+      python -m keras_hrvit.predict model.keras a.jpg --out out
+    """
+    title = "Example:" if len(commands) == 1 else "Examples:"
+    return "\n".join([title] + [textwrap.indent(command, "  ") for command in commands])
 
 
 # --- argparse types -----------------------------------------------------------------------------
@@ -167,6 +203,7 @@ def apply_backbone_weights(model, source, resuming, parser=None):
 RUN_FILES = (
     "model.keras",
     "history.json",
+    "history.csv",
     "training_curves.png",
     TRAIN_ARGS_FILE,
     "checkpoints",

@@ -6,7 +6,7 @@ import json
 import logging
 import os
 
-from keras_hrvit.cli.common import positive_int
+from keras_hrvit.cli.common import examples_epilog, positive_int
 from keras_hrvit.convert import TASKS, convert_checkpoint
 
 
@@ -41,6 +41,12 @@ def build_parser():
         prog="python -m keras_hrvit.convert",
         description="Convert a checkpoint of the original HRViT code to Keras weights or a "
         "preset folder.",
+        epilog=examples_epilog(
+            "python -m keras_hrvit.convert ade.pth b1_ade.keras --model hrvit_b1_ade20k",
+            "python -m keras_hrvit.convert hrvit_b1_imagenet.pth --model hrvit_b1 \\\n"
+            "    --preset-dir presets/hrvit_b1_imagenet",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("src", help="checkpoint: .pth/.pt (needs torch), .npz or .safetensors")
     parser.add_argument(
@@ -73,6 +79,12 @@ def build_parser():
         action="store_true",
         help="let torch unpickle arbitrary objects (trusted files only)",
     )
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="progress bar on stderr, one step per stage (read, build, load, check, write)",
+    )
     return parser
 
 
@@ -104,6 +116,7 @@ def main(argv=None):
             trust_pickle=args.trust_pickle,
             preset_dir=args.preset_dir,
             overwrite=args.overwrite,
+            progress=args.progress,
         )
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:
         if argv is not None:

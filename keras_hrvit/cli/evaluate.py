@@ -7,31 +7,64 @@ import os
 import sys
 
 import keras_hrvit  # noqa: F401  (registers the saved model's classes)
-from keras_hrvit.cli.common import TRAIN_ARGS_FILE, finite_float, pair, report_failure
-from keras_hrvit.cli.train_segmentation import add_dataset_arguments, check_dataset_arguments
+from keras_hrvit.cli.common import (
+    TRAIN_ARGS_FILE,
+    HelpFormatter,
+    examples_epilog,
+    finite_float,
+    pair,
+    report_failure,
+    wrap_description,
+)
+from keras_hrvit.cli.train_segmentation import (
+    add_dataset_arguments,
+    check_dataset_arguments,
+    load_dataset_split,
+)
 from keras_hrvit.data import segmentation_eval_pipeline
 from keras_hrvit.data.segmentation import bad_example_message
 from keras_hrvit.tasks.segmentation import (
-    DATASET_DEFAULTS,
     REPORT_FILE,
+    dataset_defaults,
     evaluate_segmenter,
-    load_segmentation_split,
     num_model_classes,
 )
 from keras_hrvit.weights.files import check_model_task, load_model_file
+
+# Options that default to the value of the run that saved the model (on the same --dataset),
+# else to these; with their types, to ignore a hand-edited train_args.json.
+_RUN_SETTINGS = {
+    "image_size": (128, int),
+    "data_seed": (0, int),
+    "reduce_zero_label": (False, bool),
+    "image_key": ("image", str),
+    "mask_key": (None, str),
+    "val_split": ("validation", str),
+}
 
 
 def build_parser():
     """The `keras_hrvit.evaluate` argument parser."""
     parser = argparse.ArgumentParser(
         prog="python -m keras_hrvit.evaluate",
-        description="Evaluate a saved HRViT segmenter: report.json, overlays and the mIoU.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=wrap_description(
+            "Evaluate a saved HRViT segmenter: report.json, overlays and the mIoU. Options of "
+            "the data that are not given (--image-size, --data-seed, --reduce-zero-label, "
+            "--image-key, --mask-key, --val-split) take the values of the training run that "
+            "saved the model, when it used the same --dataset."
+        ),
+        epilog=examples_epilog(
+            "python -m keras_hrvit.evaluate runs/shapes/model.keras --dataset shapes \\\n"
+            "    --output-dir runs/shapes/eval",
+            "python -m keras_hrvit.evaluate runs/pets/model.keras \\\n"
+            "    --dataset tfds:oxford_iiit_pet --val-split test --output-dir runs/pets/eval",
+        ),
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("model", help="a .keras file saved by keras_hrvit.train")
     add_dataset_arguments(parser)
-    # None: the value recorded in the run's train_args.json, else the dataset default.
-    parser.set_defaults(image_size=None, data_seed=None)
+    # None: the value recorded in the run's train_args.json, else the default of _RUN_SETTINGS.
+    parser.set_defaults(**{name: None for name in _RUN_SETTINGS})
     parser.add_argument(
         "--num-images", type=int, default=None, help="shapes: validation images (200)"
     )
@@ -68,11 +101,23 @@ def build_parser():
 
 
 def _apply_training_settings(args):
-    """Shapes: image size and data seed default to those of the run that saved the model."""
-    explicit = {"image_size": args.image_size, "data_seed": args.data_seed}
-    args.image_size = 128 if args.image_size is None else args.image_size
-    args.data_seed = 0 if args.data_seed is None else args.data_seed
-    folder = os.path.dirname(os.path.abspath(args.model))
+    """Options not given default to those of the run that saved the model (same dataset)."""
+    settings = _training_settings(args.model)
+    same_dataset = settings.get("dataset") == args.dataset
+    for name, (default, kind) in _RUN_SETTINGS.items():
+        if getattr(args, name) is not None:
+            continue
+        recorded = settings.get(name) if same_dataset else None
+        # bool is an int: an int setting must not take True.
+        if isinstance(recorded, kind) and (kind is bool or not isinstance(recorded, bool)):
+            setattr(args, name, recorded)
+        else:
+            setattr(args, name, default)
+
+
+def _training_settings(model_path):
+    """The train_args.json of the run that saved `model_path`, or `{}`."""
+    folder = os.path.dirname(os.path.abspath(model_path))
     # The final model sits in the run directory, checkpoints one level below it.
     for candidate in (folder, os.path.dirname(folder)):
         path = os.path.join(candidate, TRAIN_ARGS_FILE)
@@ -81,12 +126,9 @@ def _apply_training_settings(args):
                 with open(path, encoding="utf-8") as f:
                     settings = json.load(f)
             except (OSError, ValueError):
-                return
-            if settings.get("dataset") == args.dataset:
-                for name, value in explicit.items():
-                    if value is None and isinstance(settings.get(name), int):
-                        setattr(args, name, settings[name])
-            return
+                return {}
+            return settings if isinstance(settings, dict) else {}
+    return {}
 
 
 def main(argv=None):
@@ -102,7 +144,7 @@ def main(argv=None):
     args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     _apply_training_settings(args)
     _check_arguments(args, parser)
-    defaults = DATASET_DEFAULTS[args.dataset]
+    defaults = dataset_defaults(args.dataset)
     mode, crop_size, stride = _inference_window(args, parser, defaults)
 
     try:
@@ -119,8 +161,13 @@ def main(argv=None):
             "reporting class indices."
         )
         class_names = None
+    pairs = load_dataset_split(
+        args, parser, "validation", args.images_dir, args.masks_dir, args.num_images
+    )
     try:
-        report = _evaluate(args, model, defaults, num_classes, class_names, mode, crop_size, stride)
+        report = _evaluate(
+            args, model, pairs, defaults, num_classes, class_names, mode, crop_size, stride
+        )
     except Exception as error:  # a bad example, as the pipelines report it
         message = bad_example_message(error)
         if message is None:
@@ -134,10 +181,10 @@ def main(argv=None):
     return 0
 
 
-def _evaluate(args, model, defaults, num_classes, class_names, mode, crop_size, stride):
+def _evaluate(args, model, pairs, defaults, num_classes, class_names, mode, crop_size, stride):
     return evaluate_segmenter(
         model,
-        _dataset(args, defaults, num_classes),
+        _dataset(args, pairs, defaults, num_classes),
         num_classes=num_classes,
         class_names=class_names,
         mode=mode,
@@ -185,19 +232,9 @@ def _inference_window(args, parser, defaults):
     return mode, crop_size, stride
 
 
-def _dataset(args, defaults, num_classes):
-    """The batched validation split, resized to the test scale; a mask label that is neither
+def _dataset(args, pairs, defaults, num_classes):
+    """The batched validation `pairs`, resized to the test scale; a mask label that is neither
     below `num_classes` nor ignored stops it (such pixels would count nowhere)."""
-    pairs = load_segmentation_split(
-        args.dataset,
-        "validation",
-        data_dir=args.data_dir,
-        images_dir=args.images_dir,
-        masks_dir=args.masks_dir,
-        image_size=args.image_size,
-        num_images=args.num_images,
-        seed=args.data_seed,
-    )
     return segmentation_eval_pipeline(
         pairs,
         scale=tuple(args.test_scale) if args.test_scale else defaults["test_scale"],

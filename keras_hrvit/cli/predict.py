@@ -5,7 +5,9 @@ import argparse
 import os
 import sys
 
-from keras_hrvit.cli.common import finite_float
+from tqdm.auto import tqdm
+
+from keras_hrvit.cli.common import examples_epilog, finite_float
 from keras_hrvit.predict import MODES, Segmenter, output_paths, segment_file
 
 
@@ -14,6 +16,12 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m keras_hrvit.predict",
         description="Segment images; write class-id PNGs and colored overlays.",
+        epilog=examples_epilog(
+            "python -m keras_hrvit.predict runs/shapes/model.keras photo.jpg --out predictions",
+            "python -m keras_hrvit.predict runs/city/model.keras street.png --out predictions \\\n"
+            "    --mode slide --crop-size 1024 --stride 768",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model", help="a .keras segmenter or a SavedModel directory")
     parser.add_argument("images", nargs="+", help="image files")
@@ -22,6 +30,12 @@ def build_parser():
     parser.add_argument("--crop-size", type=int, help="window size for --mode slide")
     parser.add_argument("--stride", type=int, help="window step for --mode slide")
     parser.add_argument("--alpha", type=finite_float, default=0.5, help="overlay opacity")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="progress bar on stderr, one step per image",
+    )
     return parser
 
 
@@ -44,13 +58,16 @@ def main(argv=None):
         parser.exit(2, f"error: {error}\n")
     os.makedirs(args.out, exist_ok=True)
     failures = []
-    for path in images:
+    bar = tqdm(images, desc="predict", unit="image", file=sys.stderr, disable=not args.progress)
+    for path in bar:
+        # tqdm.write clears the bar and draws it again under the line.
         try:
             written = segment_file(segmenter, path, args.out, args.alpha)
-            print(f"{path}: {', '.join(written)}")
+            tqdm.write(f"{path}: {', '.join(written)}", file=sys.stdout)
         except (ValueError, OSError) as error:
             failures.append(str(error))
-            print(f"error: {error}", file=sys.stderr)
+            tqdm.write(f"error: {error}", file=sys.stderr)
+    bar.close()
     if failures:
         parser.exit(1, f"{len(failures)} of {len(images)} images failed.\n")
     return 0

@@ -17,6 +17,8 @@ import argparse
 import importlib
 import sys
 
+from keras_hrvit.cli.common import examples_epilog
+
 TRAIN_TASKS = {
     "segmentation": "keras_hrvit.cli.train_segmentation",
     "classification": "keras_hrvit.cli.train_classification",
@@ -40,6 +42,13 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m keras_hrvit.train",
         description="Train HRViT models. Rerunning an interrupted command resumes it.",
+        epilog=examples_epilog(
+            "python -m keras_hrvit.train segmentation --dataset shapes --image-size 64 \\\n"
+            "    --model hrvit_tiny_shapes --crop-size 64 --batch-size 16 --epochs 10 \\\n"
+            "    --lr 2e-3 --warmup-steps 100 --output-dir runs/shapes",
+            "python -m keras_hrvit.train segmentation --help",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     subparsers = parser.add_subparsers(dest="task", required=True)
     register_train_commands(subparsers)

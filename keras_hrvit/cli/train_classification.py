@@ -23,10 +23,12 @@ from keras_hrvit.cli.common import (
     check_backbone_weights_argument,
     check_distribution_argument,
     compile_kwargs,
+    examples_epilog,
     finite_float,
     positive_int,
     report_failure,
     run_folder,
+    wrap_description,
     write_train_args,
 )
 from keras_hrvit.distribution import distribution_scope
@@ -56,13 +58,22 @@ def register_train_command(subparsers):
     parser = subparsers.add_parser(
         "classification",
         help="ImageNet-style pretraining of an HRViT classifier (the paper's DeiT recipe)",
-        description=(
+        description=wrap_description(
             "Pretrains an HRViT classifier with AdamW (lr = --lr x batch / 1024, weight decay on "
             "all but norms and biases), linear warm-up + cosine decay, RandAugment, random "
-            "erasing, Mixup/CutMix and label smoothing. Checkpoints, history.json, "
+            "erasing, Mixup/CutMix and label smoothing. Checkpoints, history.json, history.csv, "
             "training_curves.png and TensorBoard logs go to --output-dir; rerunning the same "
             "command resumes an interrupted run."
         ),
+        epilog=examples_epilog(
+            "python -m keras_hrvit.train classification --data embedded --model hrvit_tiny \\\n"
+            "    --image-size 64 --num-train-images 2048 --batch-size 32 --epochs 5 --lr 0.064 \\\n"
+            "    --warmup-epochs 1 --light-augment --output-dir runs/toy",
+            "python -m keras_hrvit.train classification --data tfds:imagenet2012 \\\n"
+            "    --model hrvit_b1 --batch-size 1024 --epochs 300 \\\n"
+            "    --mixed-precision mixed_bfloat16 --output-dir runs/hrvit_b1_in1k",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_recipe_arguments(parser)
     _add_data_arguments(parser)

@@ -1,8 +1,8 @@
 """`python -m keras_hrvit.train segmentation`: the options of a segmentation run, over
 `keras_hrvit.tasks.segmentation`.
 
-The dataset options (`add_dataset_arguments`, `check_dataset_arguments`) are shared with
-`python -m keras_hrvit.evaluate`.
+The dataset options (`add_dataset_arguments`, `check_dataset_arguments`, `load_dataset_split`)
+are shared with `python -m keras_hrvit.evaluate`.
 """
 
 import argparse
@@ -14,6 +14,7 @@ import warnings
 import keras
 
 from keras_hrvit.cli.common import (
+    HelpFormatter,
     add_compile_arguments,
     add_distribution_argument,
     add_run_folder_arguments,
@@ -21,10 +22,12 @@ from keras_hrvit.cli.common import (
     check_backbone_weights_argument,
     check_distribution_argument,
     compile_kwargs,
+    examples_epilog,
     finite_float,
     pair,
     report_failure,
     run_folder,
+    wrap_description,
     write_train_args,
 )
 from keras_hrvit.data import segmentation_eval_pipeline, segmentation_train_pipeline
@@ -33,10 +36,12 @@ from keras_hrvit.distribution import distribution_scope
 from keras_hrvit.models.segmenter import HEADS
 from keras_hrvit.presets import BACKBONE_PRESETS, SEGMENTER_PRESETS
 from keras_hrvit.tasks.segmentation import (
-    DATASET_DEFAULTS,
     DATASETS,
     MODEL_FILE,
+    TFDS_PREFIX,
     build_segmenter,
+    check_dataset_name,
+    dataset_defaults,
     fixed_size_validation_pipeline,
     load_segmentation_split,
     mean_iou_key,
@@ -47,15 +52,56 @@ from keras_hrvit.training import TrainingDiverged, save_model
 # --- the dataset options, shared with `keras_hrvit.evaluate` ------------------------------------
 
 
+def _dataset_name(text):
+    """An argparse `type`: one of `DATASETS` or `tfds:NAME`."""
+    try:
+        return check_dataset_name(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def add_dataset_arguments(parser):
     """The dataset options shared by `train segmentation` and `keras_hrvit.evaluate`."""
     group = parser.add_argument_group("data")
-    group.add_argument("--dataset", required=True, choices=DATASETS, help="dataset to use")
     group.add_argument(
-        "--data-dir", help="ADE20K: TFDS data directory; Cityscapes: folder with leftImg8bit/gtFine"
+        "--dataset",
+        required=True,
+        type=_dataset_name,
+        metavar="{" + ",".join(DATASETS) + f",{TFDS_PREFIX}NAME}}",
+        help="dataset to use; tfds:NAME is any TensorFlow Datasets segmentation builder, e.g. "
+        "tfds:oxford_iiit_pet",
+    )
+    group.add_argument(
+        "--data-dir",
+        help="ADE20K: the ADEChallengeData2016 folder or one holding it (default: Keras's "
+        "cache, where the first run downloads it); tfds: TFDS data directory; Cityscapes: folder "
+        "with leftImg8bit/gtFine",
     )
     group.add_argument("--images-dir", help="folder dataset: training (or evaluated) images")
-    group.add_argument("--masks-dir", help="folder dataset: PNG masks of --images-dir")
+    group.add_argument(
+        "--masks-dir",
+        help="folder dataset: PNG masks of --images-dir (class indices; palette PNGs such as "
+        "Pascal VOC's are read as indices)",
+    )
+    group.add_argument(
+        "--reduce-zero-label",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="folder and tfds datasets: label 0 becomes 255 (ignored) and the others move down "
+        "by one (ADE20K's ADEChallengeData2016 folder; Oxford-IIIT Pets' trimaps 1-3)",
+    )
+    group.add_argument("--image-key", default="image", help="tfds: the image feature")
+    group.add_argument(
+        "--mask-key",
+        default=None,
+        help="tfds: the mask feature; None picks the first of segmentation_mask, annotation, "
+        "label and mask that the builder has, else its only other image feature",
+    )
+    group.add_argument(
+        "--val-split",
+        default="validation",
+        help="tfds: the split to validate (train) or evaluate on, e.g. test or train[90%%:]",
+    )
     group.add_argument("--image-size", type=int, default=128, help="shapes: image side (128)")
     group.add_argument(
         "--data-seed", type=int, default=0, help="shapes: seed that draws the dataset (0)"
@@ -63,12 +109,35 @@ def add_dataset_arguments(parser):
     return group
 
 
+# The tfds-only options and their defaults: any other value needs a tfds:NAME dataset.
+_TFDS_OPTIONS = {
+    "image_key": "image",
+    "mask_key": None,
+    "train_split": "train",
+    "val_split": "validation",
+}
+
+
 def check_dataset_arguments(args, parser):
     """Reports with `parser.error` dataset options that cannot work."""
+    is_tfds = args.dataset.startswith(TFDS_PREFIX)
     if args.dataset == "cityscapes" and not args.data_dir:
         parser.error("--dataset cityscapes needs --data-dir, the folder with leftImg8bit/gtFine.")
     if args.dataset == "folder" and not (args.images_dir and args.masks_dir):
         parser.error("--dataset folder needs --images-dir and --masks-dir.")
+    for name, default in _TFDS_OPTIONS.items():
+        value = getattr(args, name, default)
+        if not is_tfds and value != default:
+            parser.error(
+                f"--{name.replace('_', '-')} applies to --dataset tfds:NAME, not {args.dataset}."
+            )
+        if is_tfds and value is not None and not value.strip():
+            parser.error(f"--{name.replace('_', '-')} must not be empty.")
+    if args.reduce_zero_label and not (is_tfds or args.dataset == "folder"):
+        parser.error(
+            f"--reduce-zero-label applies to --dataset folder and tfds:NAME, not {args.dataset}"
+            + (" (its loader always reduces it)." if args.dataset == "ade20k" else ".")
+        )
     for name in ("images_dir", "masks_dir", "val_images_dir", "val_masks_dir"):
         path = getattr(args, name, None)
         if path and not os.path.isdir(path):
@@ -81,6 +150,49 @@ def check_dataset_arguments(args, parser):
         parser.error(f"--data-seed must be >= 0; got {args.data_seed}.")
 
 
+# Loader arguments as the dataset options name them, for their error messages.
+_LOADER_ARGUMENTS = {
+    "`image_key`": "--image-key",
+    "`mask_key`": "--mask-key",
+    "`data_dir`": "--data-dir",
+}
+
+
+def load_dataset_split(args, parser, split, images_dir, masks_dir, num_images=None):
+    """`load_segmentation_split` of the dataset options; a dataset that cannot be read (no
+    such builder, feature, split or folder) is a `parser.error` naming the option.
+
+    Example:
+    >>> pairs = load_dataset_split(args, parser, "validation", args.images_dir, args.masks_dir)
+    """
+    tfds_split = None
+    option = None
+    if args.dataset.startswith(TFDS_PREFIX):
+        option = "--train-split" if split == "train" else "--val-split"
+        tfds_split = args.train_split if split == "train" else args.val_split
+    try:
+        return load_segmentation_split(
+            args.dataset,
+            split,
+            data_dir=args.data_dir,
+            images_dir=images_dir,
+            masks_dir=masks_dir,
+            image_size=args.image_size,
+            num_images=num_images,
+            seed=args.data_seed,
+            tfds_split=tfds_split,
+            image_key=args.image_key if option else "image",
+            mask_key=args.mask_key if option else None,
+            reduce_zero_label=args.reduce_zero_label,
+        )
+    except (ValueError, FileNotFoundError) as error:
+        message = str(error)
+        for argument, flag in dict(_LOADER_ARGUMENTS, **{"`split`": option}).items():
+            if flag is not None:
+                message = message.replace(argument, flag)
+        parser.error(f"--dataset {args.dataset}: {message}")
+
+
 # --- the `segmentation` subcommand --------------------------------------------------------------
 
 
@@ -89,13 +201,22 @@ def register_train_command(subparsers):
     parser = subparsers.add_parser(
         "segmentation",
         help="train a semantic segmentation model",
-        description=(
+        description=wrap_description(
             "Train an HRViT segmenter with the paper's recipe (AdamW, 10x head learning rate, "
-            "poly decay with warm-up). Checkpoints, history.json, training_curves.png and "
-            "TensorBoard logs go to --output-dir, and rerunning the same command resumes an "
-            "interrupted run. The final model is saved as OUTPUT_DIR/model.keras."
+            "poly decay with warm-up). Checkpoints, history.json, history.csv, "
+            "training_curves.png and TensorBoard logs go to --output-dir, and rerunning the same "
+            "command resumes an interrupted run. The final model is saved as "
+            "OUTPUT_DIR/model.keras."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=examples_epilog(
+            "python -m keras_hrvit.train segmentation --dataset shapes --image-size 64 \\\n"
+            "    --model hrvit_tiny_shapes --crop-size 64 --batch-size 16 --epochs 10 \\\n"
+            "    --lr 2e-3 --warmup-steps 100 --output-dir runs/shapes",
+            "python -m keras_hrvit.train segmentation --dataset tfds:oxford_iiit_pet \\\n"
+            "    --reduce-zero-label --val-split test --num-classes 3 --model hrvit_b1 \\\n"
+            "    --head segformer --crop-size 256 --steps-per-epoch 200 --output-dir runs/pets",
+        ),
+        formatter_class=HelpFormatter,
     )
     add_dataset_arguments(parser)
     _add_training_data_arguments(parser.add_argument_group("training data"))
@@ -107,7 +228,8 @@ def register_train_command(subparsers):
 
 
 def _add_training_data_arguments(group):
-    """Validation folders, image counts and augmentation."""
+    """Validation folders, the tfds training split, image counts and augmentation."""
+    group.add_argument("--train-split", default="train", help="tfds: the split to train on")
     group.add_argument("--val-images-dir", help="folder dataset: validation images")
     group.add_argument("--val-masks-dir", help="folder dataset: validation masks")
     group.add_argument(
@@ -121,8 +243,8 @@ def _add_training_data_arguments(group):
         type=int,
         nargs="+",
         default=None,
-        help="training crop, H [W] (default: image size for shapes, 512 for ADE20K and folders, "
-        "1024 for Cityscapes)",
+        help="training crop, H [W] (default: image size for shapes, 512 for ADE20K, folders and "
+        "tfds, 1024 for Cityscapes)",
     )
     group.add_argument(
         "--ratio-range",
@@ -262,7 +384,7 @@ def _check_numeric_arguments(args, parser):
 def run_train_command(args, parser):
     """Runs `python -m keras_hrvit.train segmentation ...` from parsed arguments; returns 0."""
     _validate_train_arguments(args, parser)
-    defaults = DATASET_DEFAULTS[args.dataset]
+    defaults = dataset_defaults(args.dataset)
     num_classes = _num_classes(args, parser, defaults["class_names"])
     crop_size = pair(args.crop_size, "--crop-size", parser)
     if crop_size is None:
@@ -275,7 +397,9 @@ def run_train_command(args, parser):
         keras.utils.set_random_seed(args.seed)
         model = _build_model(args, parser, num_classes)
         apply_backbone_weights(model, args.backbone_weights, resuming, parser)
-        train_ds, val_ds = _datasets(args, defaults["base_scale"], crop_size, model.num_classes)
+        train_ds, val_ds = _datasets(
+            args, parser, defaults["base_scale"], crop_size, model.num_classes
+        )
         steps = args.steps_per_epoch
         if steps is None:
             steps = int(train_ds.cardinality())
@@ -339,18 +463,11 @@ def _build_model(args, parser, num_classes):
         parser.error(str(error))
 
 
-def _datasets(args, base_scale, crop_size, num_classes):
+def _datasets(args, parser, base_scale, crop_size, num_classes):
     """The training pipeline and the validation pipeline (None without validation); both stop
     at a mask label that is neither below `num_classes` nor ignored."""
-    shapes_args = {"image_size": args.image_size, "seed": args.data_seed}
-    train_pairs = load_segmentation_split(
-        args.dataset,
-        "train",
-        data_dir=args.data_dir,
-        images_dir=args.images_dir,
-        masks_dir=args.masks_dir,
-        num_images=args.train_images,
-        **shapes_args,
+    train_pairs = load_dataset_split(
+        args, parser, "train", args.images_dir, args.masks_dir, args.train_images
     )
     train_ds = segmentation_train_pipeline(
         train_pairs,
@@ -364,14 +481,8 @@ def _datasets(args, base_scale, crop_size, num_classes):
     )
     if not args.validation or (args.dataset == "folder" and not args.val_images_dir):
         return train_ds, None
-    val_pairs = load_segmentation_split(
-        args.dataset,
-        "validation",
-        data_dir=args.data_dir,
-        images_dir=args.val_images_dir,
-        masks_dir=args.val_masks_dir,
-        num_images=args.val_images,
-        **shapes_args,
+    val_pairs = load_dataset_split(
+        args, parser, "validation", args.val_images_dir, args.val_masks_dir, args.val_images
     )
     if args.dataset == "shapes":
         return train_ds, segmentation_eval_pipeline(

@@ -1,9 +1,9 @@
 """tf.data pipelines: embedded datasets, dataset loaders, segmentation and classification.
 
 Modules: `shapes` (embedded segmentation set), `loaders` (ADE20K, Cityscapes, image/mask
-folders), `segmentation` (the MMSegmentation train/eval pipelines), `classification_sources`
-(embedded classification set, image folders, tfds), `classification` (the DeiT/timm train/eval
-pipelines) and `randaugment` (timm's RandAugment).
+folders, tfds segmentation builders), `segmentation` (the MMSegmentation train/eval
+pipelines), `classification_sources` (embedded classification set, image folders, tfds),
+`classification` (the DeiT/timm train/eval pipelines) and `randaugment` (timm's RandAugment).
 """
 
 from keras_hrvit.data.classification import (
@@ -24,6 +24,7 @@ from keras_hrvit.data.loaders import (
     load_ade20k,
     load_cityscapes,
     load_folder,
+    load_tfds_segmentation,
 )
 from keras_hrvit.data.segmentation import (
     segmentation_eval_pipeline,
@@ -52,6 +53,7 @@ __all__ = [
     "load_cityscapes",
     "load_folder",
     "load_shapes",
+    "load_tfds_segmentation",
     "segmentation_eval_pipeline",
     "segmentation_train_pipeline",
 ]

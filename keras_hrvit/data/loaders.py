@@ -1,9 +1,12 @@
 """Segmentation datasets as `tf.data.Dataset`s of `(image uint8 (H, W, 3), mask uint8 (H, W))`.
 
-All loaders return the same kind of pairs as `load_shapes`, ready for
-`segmentation_train_pipeline` and `segmentation_eval_pipeline`. Mask value 255 means "ignore".
+ADE20K, Cityscapes, folders of images with PNG masks (palette PNGs such as Pascal VOC's are read
+as class indices) and any TensorFlow Datasets segmentation builder. All loaders return the same
+kind of pairs as `load_shapes`, ready for `segmentation_train_pipeline` and
+`segmentation_eval_pipeline`. Mask value 255 means "ignore".
 """
 
+import io
 import os
 import struct
 import warnings
@@ -53,70 +56,358 @@ _IMAGE_SIGNATURES = (b"\xff\xd8\xff", _PNG_SIGNATURE, b"BM", b"GIF87a", b"GIF89a
 
 
 def _reduce_zero_label(mask):
-    """ADE20K's 0 ("other") becomes the ignore label and every other class moves down by one."""
-    return tf.where(mask == 0, tf.constant(IGNORE_LABEL, mask.dtype), mask - 1)
+    """ADE20K's 0 ("other") becomes the ignore label and every other class moves down by one;
+    the ignore label stays (MMSegmentation's `reduce_zero_label`), not class 254."""
+    ignore = tf.constant(IGNORE_LABEL, mask.dtype)
+    return tf.where((mask == 0) | (mask == ignore), ignore, mask - 1)
+
+
+# The official release of the MIT Scene Parsing Benchmark, which HRViT and MMSegmentation use.
+ADE20K_URL = "http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip"
+ADE20K_FOLDER = "ADEChallengeData2016"
+# Images (and as many annotations) per split of the release: fewer means an interrupted
+# extraction or copy.
+ADE20K_SPLIT_SIZES = {"training": 20210, "validation": 2000}
+_ADE20K_SPLITS = {
+    "train": "training",
+    "training": "training",
+    "validation": "validation",
+    "val": "validation",
+}
+# `keras.utils.get_file("X.zip", extract=True)` keeps the archive as X.zip and extracts it into
+# X_extracted/ next to it; the archive holds one ADEChallengeData2016 folder.
+_ADE20K_ARCHIVE = ADE20K_FOLDER + ".zip"
+_ADE20K_EXTRACTED = ADE20K_FOLDER + "_extracted"
+
+
+def _keras_datasets_dir():
+    """Where `keras.utils.get_file` keeps datasets by default: `$KERAS_HOME/datasets`, else
+    `~/.keras/datasets` (`/tmp/.keras/datasets` when the home folder is read-only)."""
+    home = os.environ.get("KERAS_HOME")
+    if not home:
+        user = os.path.expanduser("~")
+        home = os.path.join(user if os.access(user, os.W_OK) else "/tmp", ".keras")
+    return os.path.join(home, "datasets")
+
+
+def _is_ade20k_root(path):
+    return os.path.isdir(os.path.join(path, "images")) and os.path.isdir(
+        os.path.join(path, "annotations")
+    )
+
+
+def _find_ade20k(base):
+    """`(root, extraction)`: the ADEChallengeData2016 folder that `base` is or holds, and the
+    folder `load_ade20k` extracted it into (None for a folder of the user's); `(None, None)`
+    when there is none."""
+    extraction = os.path.join(base, _ADE20K_EXTRACTED)
+    candidates = (
+        (base, None),
+        (os.path.join(base, ADE20K_FOLDER), None),
+        (os.path.join(extraction, ADE20K_FOLDER), extraction),
+    )
+    for root, extracted_into in candidates:
+        if _is_ade20k_root(root):
+            return root, extracted_into
+    return None, None
+
+
+def _download_ade20k(base):
+    """Downloads and extracts the release into `base`; returns `(root, extraction folder)`."""
+    import keras
+
+    os.makedirs(base, exist_ok=True)  # get_file falls back to /tmp for a folder not there yet
+    # No `file_hash`: the release publishes no checksum and none could be computed where this
+    # was written (no network). `load_ade20k` counts the extracted files instead, which catches
+    # the likelier failure, an interrupted download or extraction.
+    extraction = keras.utils.get_file(
+        _ADE20K_ARCHIVE, ADE20K_URL, cache_dir=base, cache_subdir="", extract=True
+    )
+    root = os.path.join(extraction, ADE20K_FOLDER)
+    if not _is_ade20k_root(root):
+        raise FileNotFoundError(
+            f"The archive {os.path.join(base, _ADE20K_ARCHIVE)} of {ADE20K_URL} did not extract "
+            f"to {root} with images/ and annotations/: delete the archive and {extraction} and "
+            "call load_ade20k again to download it anew."
+        )
+    return root, extraction
+
+
+def _count_files(path, extension):
+    # Directory entries only: no file is opened, so 20k images are counted in milliseconds.
+    try:
+        with os.scandir(path) as entries:
+            return sum(1 for entry in entries if entry.name.lower().endswith(extension))
+    except FileNotFoundError:
+        return 0
+
+
+def _check_ade20k_size(root, folder, extraction):
+    """Refuses an incomplete extraction of the release (`extraction`, the folder it was
+    extracted into, else None); warns about a folder of the user's that holds fewer images than
+    the release (a subset, or an interrupted copy)."""
+    images = _count_files(os.path.join(root, "images", folder), ".jpg")
+    annotations = _count_files(os.path.join(root, "annotations", folder), ".png")
+    expected = ADE20K_SPLIT_SIZES[folder]
+    if images >= expected and annotations >= expected:
+        return
+    found = f"{images:,} {folder} images and {annotations:,} annotations"
+    if extraction is not None:
+        archive = os.path.join(os.path.dirname(extraction), _ADE20K_ARCHIVE)
+        raise ValueError(
+            f"ADE20K folder {root} is incomplete: {found}, where the release has {expected:,} of "
+            f"each (an interrupted download or extraction); delete {extraction} (and {archive} "
+            "if extracting it again fails) and call load_ade20k again."
+        )
+    warnings.warn(
+        f"ADE20K folder {root} holds {found}, fewer than the release's {expected:,}: results "
+        "are not comparable with ADE20K's (load_folder reads subsets without this warning).",
+        stacklevel=3,
+    )
 
 
 def load_ade20k(
-    split="train", data_dir=None, reduce_zero_label=True, shuffle_files=False, download=True
+    split="train",
+    data_dir=None,
+    reduce_zero_label=True,
+    shuffle_files=False,
+    download=True,
+    seed=None,
 ):
-    """ADE20K (SceneParse150) through TensorFlow Datasets' `scene_parse150`.
+    """ADE20K (the MIT Scene Parsing Benchmark's `ADEChallengeData2016`), 150 classes.
 
-    With `reduce_zero_label=True` (MMSegmentation's ADE20K setting, used by HRViT) label 0
-    ("other") becomes 255 and labels 1-150 become 0-149, indexing `ADE20K_CLASSES`.
+    Reads `images/{training,validation}/*.jpg` and their single-channel PNG annotations
+    `annotations/{training,validation}/*.png` (0 = "other", 1-150 the classes) with
+    `load_folder`. With `reduce_zero_label=True` (MMSegmentation's ADE20K setting, used by
+    HRViT) label 0 becomes 255 (ignored) and labels 1-150 become 0-149, indexing
+    `ADE20K_CLASSES`.
 
-    The TFDS build stores annotations as RGB PNGs; the class index is the first channel. To use
-    an extracted `ADEChallengeData2016` folder instead, call
-    `load_folder(root + "/images/training", root + "/annotations/training",
-    reduce_zero_label=True)`.
+    When the folder is missing and `download=True`, the official archive (`ADE20K_URL`, about
+    1 GB, kept next to the data) is downloaded with `keras.utils.get_file` and extracted into
+    `data_dir/ADEChallengeData2016_extracted/`; a split with fewer files than the release's
+    20,210 / 2,000 there is refused, and a folder of your own with fewer gets a warning.
+    (TensorFlow Datasets' `scene_parse150` is not this data: its annotations are the 2017
+    instance-segmentation track's masks, 100 object categories without wall, sky or floor.)
 
     Args:
-        split: `"train"`, or `"validation"` (TFDS calls ADE20K's validation set `"test"`, which is
-            also accepted); TFDS slicing such as `"train[:10%]"` works too.
-        data_dir: TFDS data directory; `None` for TFDS's default (`~/tensorflow_datasets`).
+        split: `"train"` (or `"training"`) or `"validation"` (or `"val"`).
+        data_dir: the `ADEChallengeData2016` folder, or a folder holding it (or the
+            `ADEChallengeData2016_extracted` folder of a download); `None` for Keras's cache,
+            `~/.keras/datasets` (`$KERAS_HOME/datasets`).
         reduce_zero_label: map 0 to 255 and shift the other labels down by one.
+        shuffle_files: shuffle the file order on every iteration.
+        download: download and extract the release when `data_dir` does not hold it.
+        seed: seed of the file shuffling.
+
+    Example:
+    >>> ds = load_ade20k("validation", data_dir="/data/ADEChallengeData2016")
+    >>> image, mask = next(iter(ds))  # uint8 (H, W, 3), uint8 (H, W)
+    """
+    if not isinstance(split, str) or split not in _ADE20K_SPLITS:
+        raise ValueError(
+            f"`split` must be 'train' (or 'training') or 'validation' (or 'val'), got {split!r}."
+        )
+    _check_seed(seed)
+    folder = _ADE20K_SPLITS[split]
+    base = _keras_datasets_dir() if data_dir is None else os.path.expanduser(os.fspath(data_dir))
+    root, extraction = _find_ade20k(base)
+    if root is None:
+        if not download:
+            raise FileNotFoundError(
+                f"ADE20K ({ADE20K_FOLDER} with images/ and annotations/) not found in {base}: "
+                f"pass download=True, or download {ADE20K_URL} and extract it there."
+            )
+        root, extraction = _download_ade20k(base)
+    _check_ade20k_size(root, folder, extraction)
+    return load_folder(
+        os.path.join(root, "images", folder),
+        os.path.join(root, "annotations", folder),
+        reduce_zero_label=reduce_zero_label,
+        shuffle_files=shuffle_files,
+        seed=seed,
+    )
+
+
+# Mask features tried, in order, when `load_tfds_segmentation` is given no `mask_key`.
+TFDS_MASK_KEYS = ("segmentation_mask", "annotation", "label", "mask")
+
+
+def _is_image_feature(feature, tfds):
+    """Whether a tfds feature holds images or label maps: `Image`, or an integer `Tensor` of
+    shape `(H, W)` or `(H, W, C)`."""
+    if isinstance(feature, tfds.features.Image):
+        return True
+    if isinstance(feature, tfds.features.Tensor):
+        return len(feature.shape) in (2, 3) and tf.as_dtype(feature.tf_dtype).is_integer
+    return False
+
+
+def _tfds_mask_key(features, name, image_key, mask_key, tfds):
+    """The mask feature of a tfds builder: `mask_key`, checked, or the one it picks itself."""
+    keys = ", ".join(sorted(features.keys()))
+    if mask_key is not None:
+        if mask_key not in features:
+            raise ValueError(
+                f"`mask_key` {mask_key!r} is not a feature of tfds builder {name!r}; its features "
+                f"are: {keys}."
+            )
+        if mask_key == image_key or not _is_image_feature(features[mask_key], tfds):
+            kind = type(features[mask_key]).__name__
+            kind = "the image" if mask_key == image_key else f"a {kind}"
+            raise ValueError(
+                f"`mask_key` {mask_key!r} of tfds builder {name!r} is {kind}, not a mask image; "
+                f"its features are: {keys}."
+            )
+        return mask_key
+    candidates = [
+        key for key in features if key != image_key and _is_image_feature(features[key], tfds)
+    ]
+    for key in TFDS_MASK_KEYS:
+        if key in candidates:
+            return key
+    if len(candidates) == 1:
+        return candidates[0]
+    found = f"image features {', '.join(sorted(candidates))}" if candidates else "no image feature"
+    raise ValueError(
+        f"Pass `mask_key`: tfds builder {name!r} has {found} besides {image_key!r} and none named "
+        f"{', '.join(TFDS_MASK_KEYS)}; its features are: {keys}."
+    )
+
+
+def _check_tfds_split(split, splits, name):
+    """A split that the prepared builder does not have, named with the ones it has."""
+    if not splits:  # unknown until the data is prepared
+        return
+    for part in split.split("+"):
+        base = part.split("[")[0].strip()
+        if base not in splits:
+            raise ValueError(
+                f"`split` {split!r}: tfds builder {name!r} has no split {base!r}; its splits "
+                f"are: {', '.join(sorted(splits))}."
+            )
+
+
+def _to_rgb(image):
+    """Grayscale images (with or without alpha) as three equal channels, RGBA without alpha."""
+    if image.shape.rank == 2:
+        image = image[..., None]
+    channels = image.shape[-1]
+    if channels in (1, 2):
+        return tf.tile(image[..., :1], [1, 1, 3])
+    return image[..., :3]
+
+
+def _check_tfds_image(features, name, image_key, tfds):
+    """Refuses an `image_key` that is not a feature `_to_rgb` can make uint8 RGB."""
+    feature = features[image_key] if image_key in features else None
+    if feature is None or not _is_image_feature(feature, tfds):
+        raise ValueError(
+            f"`image_key` {image_key!r} is not an image feature of tfds builder {name!r}; its "
+            f"features are: {', '.join(sorted(features.keys()))}."
+        )
+    shape, dtype = tuple(feature.shape), tf.as_dtype(feature.tf_dtype)
+    channels = shape[-1] if len(shape) == 3 else 1
+    if dtype != tf.uint8 or channels not in (1, 2, 3, 4):
+        raise ValueError(
+            f"`image_key` {image_key!r} of tfds builder {name!r} holds {dtype.name} images of "
+            f"shape {shape}; this loader takes uint8 images with 1 to 4 channels."
+        )
+
+
+def _check_uint8_labels(mask, where):
+    """`mask` as uint8; labels outside 0-255 stop the pipeline instead of wrapping around."""
+    if mask.dtype == tf.uint8:
+        return mask
+    wide = tf.cast(mask, tf.int64)
+    bad = tf.reduce_any((wide < 0) | (wide > 255))
+    found = tf.where(tf.reduce_min(wide) < 0, tf.reduce_min(wide), tf.reduce_max(wide))
+    # The message begins like the pipelines' label check, so the command lines print it alone.
+    check = tf.debugging.Assert(
+        tf.logical_not(bad),
+        [tf.strings.format("mask has label {}, outside 0-255 (" + where + ")", found)],
+    )
+    with tf.control_dependencies([check]):
+        return tf.cast(mask, tf.uint8)
+
+
+def load_tfds_segmentation(
+    name,
+    split="train",
+    image_key="image",
+    mask_key=None,
+    reduce_zero_label=False,
+    data_dir=None,
+    shuffle_files=False,
+    download=True,
+):
+    """Any TensorFlow Datasets segmentation builder, as `(image, mask)` pairs.
+
+    Images are made RGB (grayscale tiled, alpha dropped); masks of shape `(H, W, C)` keep
+    channel 0. Masks that are not uint8 must hold labels 0-255: others stop the pipeline.
+    Image and mask sizes are checked by the segmentation pipelines.
+
+    Args:
+        name: builder name, e.g. `"oxford_iiit_pet"` (configs and versions as tfds takes them,
+            `"name/config:1.0.0"`).
+        split: split name, sliced or combined as tfds takes it (`"train[:10%]"`,
+            `"train+test"`); one the prepared builder lacks is refused, naming its splits.
+        image_key: the image feature.
+        mask_key: the mask feature; `None` picks the first of `segmentation_mask`,
+            `annotation`, `label` and `mask` that is an image, else the only image feature
+            other than `image_key`.
+        reduce_zero_label: map label 0 to 255 (ignored) and shift the others down by one, e.g.
+            Oxford-IIIT Pets' trimaps 1-3 to classes 0-2.
+        data_dir: TFDS data directory; `None` for TFDS's default (`~/tensorflow_datasets`).
         shuffle_files: shuffle the order of the TFDS shards.
         download: let TFDS download and prepare the data when it is missing.
 
     Example:
-    >>> ds = load_ade20k("validation", data_dir="~/tensorflow_datasets")
-    >>> image, mask = next(iter(ds))  # uint8 (H, W, 3), uint8 (H, W)
+    >>> ds = load_tfds_segmentation("oxford_iiit_pet", "test", reduce_zero_label=True)
+    >>> image, mask = next(iter(ds))  # uint8 (H, W, 3), uint8 (H, W) with classes 0-2 and 255
     """
     import tensorflow_datasets as tfds
 
-    if not isinstance(split, str) or not split:
-        raise ValueError(f"`split` must be a non-empty string such as 'train', got {split!r}.")
-    base = split.split("[")[0]
-    if base in ("validation", "val"):
-        split = "test" + split[len(base) :]
-    elif base not in ("train", "test"):
-        raise ValueError(
-            f"`split` must be 'train', 'validation' or 'test' (optionally sliced), got {split!r}."
-        )
+    for argument, value in (("name", name), ("split", split), ("image_key", image_key)):
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"`{argument}` must be a non-empty string, got {value!r}.")
+    if mask_key is not None and (not isinstance(mask_key, str) or not mask_key):
+        raise ValueError(f"`mask_key` must be None or a feature name, got {mask_key!r}.")
+    if data_dir is not None:
+        data_dir = os.path.expanduser(os.fspath(data_dir))
     try:
-        ds = tfds.load(
-            "scene_parse150",
-            split=split,
-            data_dir=data_dir,
-            shuffle_files=shuffle_files,
-            download=download,
-        )
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise ValueError(
+            f"`name` {name!r} is not a TensorFlow Datasets builder (see "
+            "https://www.tensorflow.org/datasets/catalog)."
+        ) from None
+    features = builder.info.features
+    _check_tfds_image(features, name, image_key, tfds)
+    mask_key = _tfds_mask_key(features, name, image_key, mask_key, tfds)
+    if download:
+        builder.download_and_prepare()
+    _check_tfds_split(split, builder.info.splits, name)
+    try:
+        ds = builder.as_dataset(split=split, shuffle_files=shuffle_files)
     except AssertionError as error:  # TFDS asserts that a prepared dataset exists
         if "could not find data" not in str(error):
             raise
         where = data_dir if data_dir is not None else "TFDS's default data_dir"
         raise FileNotFoundError(
-            f"ADE20K (TFDS 'scene_parse150') not found in {where}: pass download=True, or "
-            "the data_dir where it was prepared."
+            f"tfds builder {name!r} is not prepared in {where}: pass download=True, or the "
+            "data_dir where it was prepared."
         ) from None
+    where = f"feature {mask_key} of tfds builder {name}"
 
     def convert(example):
-        annotation = example["annotation"]
-        mask = annotation[..., 0] if annotation.shape.rank == 3 else annotation
-        mask = tf.cast(mask, tf.uint8)
+        image = _to_rgb(example[image_key])
+        mask = example[mask_key]
+        if mask.shape.rank == 3:
+            mask = mask[..., 0]
+        mask = _check_uint8_labels(mask, where)
         if reduce_zero_label:
             mask = _reduce_zero_label(mask)
-        return tf.cast(example["image"], tf.uint8), mask
+        return image, mask
 
     return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -184,10 +475,6 @@ def _mask_problem(header):
     """Why a mask file cannot be used, or `None`."""
     if not header.startswith(_PNG_SIGNATURE) or len(header) < 26:
         return "not a PNG file"
-    # Byte 25 of a PNG is the colour type of its IHDR chunk; 3 means palette, which TensorFlow
-    # expands to RGB colours instead of returning the class indices.
-    if header[25] == 3:
-        return "palette PNG (convert it to a single-channel 'L' PNG of class indices)"
     return None
 
 
@@ -248,10 +535,31 @@ def _pair_count(n):
     return f"{n} image/mask pair" + ("" if n == 1 else "s")
 
 
+def _palette_indices(data):
+    """The pixel indices of a palette PNG (bytes) as a uint8 `(H, W)` array."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        if image.mode != "P":
+            raise ValueError(f"expected a palette PNG, PIL reads mode {image.mode!r}")
+        return np.asarray(image, dtype=np.uint8)
+
+
 def _decode_mask(data):
-    mask = tf.io.decode_png(data, channels=0)
-    # Grayscale masks have one channel; for RGB(A) label images the first channel is the class.
-    return mask[..., 0]
+    # Byte 25 of a PNG (in its IHDR chunk) is the colour type; 3 means palette, whose pixels are
+    # the class indices (Pascal VOC). TensorFlow's decoder expands a palette into its RGB colours
+    # whatever `channels` asks for, so PIL reads those files.
+    is_palette = tf.equal(tf.strings.substr(data, 25, 1), b"\x03")
+
+    def palette():
+        mask = tf.numpy_function(_palette_indices, [data], tf.uint8, stateful=False)
+        return tf.ensure_shape(mask, [None, None])
+
+    def other():
+        # Grayscale masks have one channel; for RGB(A) label images the first channel is the class.
+        return tf.io.decode_png(data, channels=0)[..., 0]
+
+    return tf.cond(is_palette, palette, other)
 
 
 def _refuse_empty(ds, message):
@@ -408,10 +716,11 @@ def load_folder(
     """Any folder of images with PNG masks paired by file name.
 
     The mask of `images_dir/NAME.jpg` (or .jpeg, .png, .bmp, .gif) is
-    `masks_dir/NAME{mask_suffix}.png`, a single-channel PNG of class indices (for RGB masks the
-    first channel is used). Images without a mask are skipped with a warning, and so are files
-    that are not valid images or PNGs (files that only fail to decode later are dropped with a
-    TensorFlow log warning).
+    `masks_dir/NAME{mask_suffix}.png`, a single-channel PNG of class indices, or a palette PNG
+    whose pixel indices are the classes (Pascal VOC's `SegmentationClass`, where the border
+    index 255 stays 255, ignored); for RGB masks the first channel is used. Images without a
+    mask are skipped with a warning, and so are files that are not valid images or PNGs (files
+    that only fail to decode later are dropped with a TensorFlow log warning).
 
     Args:
         images_dir: folder of images (not searched recursively).

@@ -6,14 +6,19 @@ import keras
 
 from keras_hrvit.heads.classification import HRNetClassifierHead
 from keras_hrvit.models.backbone import HRViTBackbone
-from keras_hrvit.models.task import HRViTTask, build_backbone_argument
+from keras_hrvit.models.task import (
+    BACKBONE_ARGUMENTS,
+    HRViTTask,
+    build_backbone_argument,
+    check_task_kwargs,
+)
 from keras_hrvit.presets import (
     BACKBONE_PRESETS,
     CLASSIFICATION_RECIPE,
     CLASSIFIER_HEAD_CHANNELS,
     TINY_CLASSIFIER_HEAD_CHANNELS,
 )
-from keras_hrvit.validation import check_number, check_positive_int
+from keras_hrvit.validation import check_choice, check_number, check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="keras_hrvit")
@@ -27,18 +32,23 @@ class HRViTClassifier(HRViTTask):
 
     `compile()` with no arguments sets the paper's ImageNet recipe (`CLASSIFICATION_RECIPE` in
     `keras_hrvit.presets`): AdamW without weight decay on normalization weights and
-    biases, `learning_rate * batch_size / 1024` when `batch_size` is given, linear warm-up for
+    biases (timm's rule, `decay_exempt="norms_and_biases"`), `learning_rate * batch_size / 1024`
+    when `batch_size` is given, linear warm-up for
     1/15 of the run then cosine decay, global gradient clipping 1.0; cross-entropy with label
     smoothing 0.1 on class ids, one-hot or soft (MixUp / CutMix) labels; top-1 accuracy.
 
     Args:
-        backbone: an `HRViTBackbone` or a backbone preset name (built with `drop_path_rate`).
+        backbone: an `HRViTBackbone` or a backbone preset name (built with `drop_path_rate`
+            and `dtype`).
         classes: number of classes of the top layer, or None for pooled features.
         classifier_activation: activation of the top layer (`None` for logits).
         head_channels: bottleneck widths of the head, one per branch.
         dropout: dropout before the top layer.
-        drop_path_rate: stochastic depth of a backbone built from a preset name.
+        drop_path_rate: stochastic depth of a backbone built from a preset name (default
+            0.1); an `HRViTBackbone` instance has its own.
         input_tensor: optional Keras tensor to build the model on, as in keras.applications.
+        **kwargs: keras.Model's `name`, `trainable` and `dtype` (the backbone's policy, or the
+            one to build a backbone preset name with); anything else is refused.
 
     Example:
     >>> model = HRViTClassifier("hrvit_b1", classes=10, classifier_activation=None)
@@ -57,11 +67,22 @@ class HRViTClassifier(HRViTTask):
         classifier_activation="softmax",
         head_channels=CLASSIFIER_HEAD_CHANNELS,
         dropout=0.1,
-        drop_path_rate=0.1,
+        drop_path_rate=None,
         input_tensor=None,
         **kwargs,
     ):
-        backbone = build_backbone_argument(backbone, drop_path_rate=drop_path_rate)
+        check_task_kwargs(type(self), kwargs)
+        if drop_path_rate is not None and not isinstance(backbone, str):
+            raise ValueError(
+                f"`drop_path_rate` builds a backbone from a preset name; the HRViTBackbone given "
+                f"has its own ({getattr(backbone, 'drop_path_rate', None)}): build it with the "
+                "rate instead."
+            )
+        backbone = build_backbone_argument(
+            backbone,
+            dtype=kwargs.pop("dtype", None),
+            drop_path_rate=0.1 if drop_path_rate is None else drop_path_rate,
+        )
         if classes is not None:
             check_positive_int("classes", classes)
         check_number("dropout", dropout, 0, 1)
@@ -98,12 +119,11 @@ class HRViTClassifier(HRViTTask):
 
     @classmethod
     def _from_builtin_preset(cls, preset, **overrides):
-        """A backbone preset name (`hrvit_b1`, ...) with the default head."""
+        """A backbone preset name (`hrvit_b1`, ...) with the default head; backbone arguments
+        among `overrides` build the backbone."""
         if preset not in BACKBONE_PRESETS:
             return super()._from_builtin_preset(preset)
-        backbone_args = {
-            key: overrides.pop(key) for key in ("drop_path_rate", "input_shape") if key in overrides
-        }
+        backbone_args = {key: overrides.pop(key) for key in BACKBONE_ARGUMENTS if key in overrides}
         backbone_args.setdefault("drop_path_rate", 0.1)
         backbone = HRViTBackbone.from_preset(preset, name=preset, **backbone_args)
         if "head_channels" not in overrides and preset == "hrvit_tiny":
@@ -135,14 +155,20 @@ class HRViTClassifier(HRViTTask):
 
     def _auto_optimizer(self, schedule, settings):
         from keras_hrvit.training import build_adamw
+        from keras_hrvit.training.optimizers import EXCLUDE_MODES
 
         weight_decay = check_number("weight_decay", settings["weight_decay"], 0)
+        decay_exempt = check_choice("decay_exempt", settings["decay_exempt"], EXCLUDE_MODES)
         check_number("label_smoothing", settings["label_smoothing"], 0, 1)
         global_clipnorm = settings["global_clipnorm"]
         if global_clipnorm is not None:
             check_number("global_clipnorm", global_clipnorm, 0, strict=True)
         return build_adamw(
-            self, schedule, weight_decay=float(weight_decay), global_clipnorm=global_clipnorm
+            self,
+            schedule,
+            weight_decay=float(weight_decay),
+            global_clipnorm=global_clipnorm,
+            exclude_from_decay=decay_exempt,
         )
 
     def _auto_loss(self):

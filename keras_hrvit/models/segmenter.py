@@ -6,7 +6,12 @@ from keras_hrvit.heads.segformer import SegFormerHead
 from keras_hrvit.heads.upernet import FCNHead, UPerNetHead
 from keras_hrvit.layers.resize import ResizeLike
 from keras_hrvit.models.backbone import HRViTBackbone
-from keras_hrvit.models.task import HRViTTask, build_backbone_argument
+from keras_hrvit.models.task import (
+    BACKBONE_ARGUMENTS,
+    HRViTTask,
+    build_backbone_argument,
+    check_task_kwargs,
+)
 from keras_hrvit.presets import (
     BACKBONE_PRESETS,
     HEAD_CHANNELS,
@@ -35,8 +40,10 @@ class HRViTSegmenter(HRViTTask):
     output, the auxiliary FCN head's logits, used in training only.
 
     `compile()` with no arguments sets the paper's recipe (`SEGMENTATION_RECIPE` in
-    `keras_hrvit.presets`): AdamW without weight decay on normalization weights and
-    biases, the heads at 10x the learning rate, linear warm-up then poly decay;
+    `keras_hrvit.presets`): AdamW with weight decay 0.01 on all but the LayerNorms (its
+    MMSegmentation configs exempt the parameters named `norm`; `decay_exempt` picks another
+    rule, e.g. `compile(decay_exempt="norms_and_biases")`), the heads at 10x the learning rate,
+    linear warm-up then poly decay;
     `SegmentationCrossEntropy` ignoring label 255 (weighted 1 and 0.4 with the auxiliary head,
     which trains on the same masks); mean IoU. Standard Keras losses work on the logits, e.g.
     `keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255)`.
@@ -48,6 +55,8 @@ class HRViTSegmenter(HRViTTask):
         head_channels: head width (default 256 for SegFormer, 512 for UperNet).
         dropout: channel dropout before the classifier of the head.
         auxiliary_head: add MMSegmentation's auxiliary FCN head (UperNet only).
+        **kwargs: keras.Model's `name`, `trainable` and `dtype` (the backbone's policy, or the
+            one to build a backbone preset name with); anything else is refused.
 
     Example:
     >>> model = HRViTSegmenter.from_preset("hrvit_tiny_shapes")
@@ -70,7 +79,8 @@ class HRViTSegmenter(HRViTTask):
         auxiliary_head=False,
         **kwargs,
     ):
-        backbone = build_backbone_argument(backbone)
+        check_task_kwargs(type(self), kwargs)
+        backbone = build_backbone_argument(backbone, dtype=kwargs.pop("dtype", None))
         check_positive_int("num_classes", num_classes)
         check_choice("head", head, HEADS)
         if auxiliary_head and head != "upernet":
@@ -103,7 +113,8 @@ class HRViTSegmenter(HRViTTask):
 
     @classmethod
     def _from_builtin_preset(cls, preset, **overrides):
-        """Segmenter presets (`hrvit_b1_ade20k`, ...), or a backbone preset with `num_classes`."""
+        """Segmenter presets (`hrvit_b1_ade20k`, ...), or a backbone preset with `num_classes`;
+        backbone arguments among `overrides` build the backbone."""
         if preset in SEGMENTER_PRESETS:
             config = {**SEGMENTER_PRESETS[preset], **overrides}
             if "head" in overrides and "auxiliary_head" not in overrides:
@@ -117,11 +128,16 @@ class HRViTSegmenter(HRViTTask):
             config.setdefault("auxiliary_head", config.get("head") == "upernet")
         else:
             return super()._from_builtin_preset(preset)
-        backbone_args = {
-            key: config.pop(key) for key in ("drop_path_rate", "input_shape") if key in config
-        }
+        backbone_args = {key: config.pop(key) for key in BACKBONE_ARGUMENTS if key in config}
         if isinstance(config["backbone"], str):
             config["backbone"] = HRViTBackbone.from_preset(config["backbone"], **backbone_args)
+        else:
+            given = sorted(key for key in backbone_args if key in overrides)
+            if given:
+                raise ValueError(
+                    f"Backbone argument(s) {', '.join(given)} cannot apply: `backbone` is an "
+                    "HRViTBackbone built already; build it with them instead."
+                )
         return cls(**config)
 
     # --- training defaults --------------------------------------------------------------------
@@ -144,8 +160,10 @@ class HRViTSegmenter(HRViTTask):
 
     def _auto_optimizer(self, schedule, settings):
         from keras_hrvit.training import build_adamw
+        from keras_hrvit.training.optimizers import EXCLUDE_MODES
 
         weight_decay = check_number("weight_decay", settings["weight_decay"], 0)
+        decay_exempt = check_choice("decay_exempt", settings["decay_exempt"], EXCLUDE_MODES)
         head_lr_mult = check_number("head_lr_mult", settings["head_lr_mult"], 0, strict=True)
         clipnorm = settings["clipnorm"]
         if clipnorm is not None:
@@ -158,6 +176,7 @@ class HRViTSegmenter(HRViTTask):
             beta_1=settings["beta_1"],
             beta_2=settings["beta_2"],
             clipnorm=clipnorm,
+            exclude_from_decay=decay_exempt,
             lr_multipliers={name: float(head_lr_mult) for name in heads}
             if head_lr_mult != 1.0
             else None,

@@ -1,9 +1,29 @@
 """The base of HRViT's task models: config, presets, and the paper's recipe in `compile()`."""
 
+import inspect
+
 import keras
 
 from keras_hrvit.models.backbone import HRViTBackbone
 from keras_hrvit.validation import check_positive_int
+
+
+def _parameters(function):
+    """The named parameters of `function` (no `self`, `*args` or `**kwargs`)."""
+    return tuple(
+        name
+        for name, parameter in inspect.signature(function).parameters.items()
+        if name != "self"
+        and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+    )
+
+
+# keras.Model's own constructor arguments, which every task takes besides its own. Keras's
+# functional constructor drops any other keyword argument without a word, so tasks check.
+MODEL_ARGUMENTS = ("name", "trainable", "dtype")
+# HRViTBackbone's constructor arguments (`remat`, `drop_path_rate`, `input_shape`, `dtype`, ...):
+# a task's `from_preset` builds its backbone with them.
+BACKBONE_ARGUMENTS = _parameters(HRViTBackbone.__init__)
 
 
 class HRViTTask(keras.Model):
@@ -36,7 +56,13 @@ class HRViTTask(keras.Model):
     def from_config(cls, config):
         config = dict(config)
         if isinstance(config.get("backbone"), dict):
-            config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+            backbone = dict(config["backbone"])
+            # Backbone arguments beside the task's own (`from_preset(folder, remat=True)`) are
+            # the serialized backbone's to build with.
+            moved = {key: config.pop(key) for key in BACKBONE_ARGUMENTS if key in config}
+            if moved:
+                backbone["config"] = {**backbone["config"], **moved}
+            config["backbone"] = keras.saving.deserialize_keras_object(backbone)
         return cls(**config)
 
     # --- presets ------------------------------------------------------------------------------
@@ -48,10 +74,17 @@ class HRViTTask(keras.Model):
         Folders and hub handles hold a model saved by `save_to_preset` (KerasHub's layout:
         `config.json`, `model.weights.h5`, `metadata.json`); the weights' SHA-256 is checked
         before they are loaded. Built-in names build the architecture with random weights (no
-        pretrained HRViT weights were published). `overrides` replace constructor arguments.
+        pretrained HRViT weights were published). `overrides` replace constructor arguments of
+        the task, or of its backbone (`BACKBONE_ARGUMENTS`: `remat`, `drop_path_rate`,
+        `input_shape`, `include_preprocessing`, `dtype`, ...); any other name is refused.
+
+        Example:
+        >>> HRViTSegmenter.from_preset("hrvit_b1_ade20k", remat=True).backbone.remat
+        True
         """
         from keras_hrvit import preset_io
 
+        cls._check_preset_overrides(overrides)
         folder = preset_io.resolve_preset(preset)
         if folder is not None:
             return preset_io.load_preset_model(
@@ -61,6 +94,18 @@ class HRViTTask(keras.Model):
                 config_overrides=overrides or None,
             )
         return cls._from_builtin_preset(preset, **overrides)
+
+    @classmethod
+    def _check_preset_overrides(cls, overrides):
+        accepted = dict.fromkeys(
+            ("load_weights", *_parameters(cls.__init__), *BACKBONE_ARGUMENTS, *MODEL_ARGUMENTS)
+        )
+        unknown = sorted(key for key in overrides if key not in accepted)
+        if unknown:
+            raise TypeError(
+                f"{cls.__name__}.from_preset got unknown keyword argument(s) "
+                f"{', '.join(unknown)}; it accepts {', '.join(accepted)}."
+            )
 
     @classmethod
     def _from_builtin_preset(cls, preset, **overrides):
@@ -101,7 +146,13 @@ class HRViTTask(keras.Model):
         (its epochs times its steps per epoch), or the paper's own length when `fit` cannot
         tell its length (a dataset of unknown size without `steps_per_epoch`). Keyword
         arguments named in the class's `recipe` (e.g. `learning_rate`, `weight_decay`,
-        `warmup_steps`) change that recipe; the rest go to `keras.Model.compile`.
+        `decay_exempt`, `warmup_steps`) change that recipe; the rest go to
+        `keras.Model.compile`. `decay_exempt` names the variables without weight decay:
+        `"layer_norms"` (the segmentation recipe's), `"norms"`, `"norms_and_biases"` (the
+        ImageNet recipe's) or `"none"` (see `keras_hrvit.training.decay_exempt_variables`).
+
+        Example:
+        >>> model.compile(epochs=10, steps_per_epoch=100, decay_exempt="norms_and_biases")
         `loss="auto"` and `metrics="auto"` are the task's own (see the class docstring).
         """
         recipe = {key: kwargs.pop(key) for key in list(kwargs) if key in self.recipe}
@@ -244,16 +295,57 @@ def _total_steps(epochs, steps_per_epoch, total_steps):
     )
 
 
-def build_backbone_argument(backbone, **preset_overrides):
-    """An `HRViTBackbone` from an instance or a backbone preset name."""
+def check_task_kwargs(cls, kwargs):
+    """Refuses keyword arguments of a task constructor that are neither its own nor
+    keras.Model's (`MODEL_ARGUMENTS`), which Keras would drop without a word.
+
+    Example:
+    >>> check_task_kwargs(HRViTSegmenter, {"name": "seg"})  # fine
+    >>> check_task_kwargs(HRViTSegmenter, {"remat": True})  # TypeError naming both lists
+    """
+    unknown = sorted(key for key in kwargs if key not in MODEL_ARGUMENTS)
+    if unknown:
+        accepted = dict.fromkeys((*_parameters(cls.__init__), *MODEL_ARGUMENTS))
+        raise TypeError(
+            f"{cls.__name__} got unknown keyword argument(s) {', '.join(unknown)}; it accepts "
+            f"{', '.join(accepted)}."
+        )
+
+
+def build_backbone_argument(backbone, dtype=None, **preset_overrides):
+    """An `HRViTBackbone` from an instance or a backbone preset name.
+
+    A preset name is built with `dtype` and `preset_overrides`; an instance is taken as it is,
+    and a `dtype` given with it must be its policy (the heads follow the backbone's policy).
+
+    Example:
+    >>> build_backbone_argument("hrvit_tiny", dtype="mixed_bfloat16").dtype_policy.name
+    'mixed_bfloat16'
+    """
     if isinstance(backbone, str):
+        if dtype is not None:
+            preset_overrides["dtype"] = dtype
         return HRViTBackbone.from_preset(backbone, **preset_overrides)
     if not isinstance(backbone, HRViTBackbone):
         raise TypeError(
             f"`backbone` must be an HRViTBackbone or a backbone preset name; got "
             f"{type(backbone).__name__}."
         )
+    if dtype is not None:
+        wanted = keras.dtype_policies.get(dtype).name
+        if wanted != backbone.dtype_policy.name:
+            raise ValueError(
+                f"`dtype` {wanted!r} is not the policy of the given backbone "
+                f"({backbone.dtype_policy.name!r}); the heads follow the backbone's policy, so "
+                f"build the backbone with dtype={wanted!r}."
+            )
     return backbone
 
 
-__all__ = ["HRViTTask", "build_backbone_argument"]
+__all__ = [
+    "BACKBONE_ARGUMENTS",
+    "MODEL_ARGUMENTS",
+    "HRViTTask",
+    "build_backbone_argument",
+    "check_task_kwargs",
+]

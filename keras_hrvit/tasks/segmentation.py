@@ -32,6 +32,7 @@ from keras_hrvit.data import (
     load_cityscapes,
     load_folder,
     load_shapes,
+    load_tfds_segmentation,
     segmentation_eval_pipeline,
 )
 from keras_hrvit.data.segmentation import pad_with_mean
@@ -45,6 +46,8 @@ from keras_hrvit.validation import check_positive_int
 from keras_hrvit.visualize import save_segmentation_panel
 
 DATASETS = ("shapes", "ade20k", "cityscapes", "folder")
+# Besides `DATASETS`, "tfds:NAME" names any TensorFlow Datasets segmentation builder.
+TFDS_PREFIX = "tfds:"
 MODEL_FILE = "model.keras"
 REPORT_FILE = "report.json"
 
@@ -84,6 +87,14 @@ DATASET_DEFAULTS = {
         "mode": "whole",
         "eval_batch_size": 1,
     },
+    "tfds": {  # every "tfds:NAME"
+        "class_names": None,
+        "base_scale": None,
+        "crop_size": (512, 512),
+        "test_scale": None,
+        "mode": "whole",
+        "eval_batch_size": 1,
+    },
 }
 
 
@@ -100,6 +111,34 @@ def build_segmenter(preset, **overrides):
 # --- data -------------------------------------------------------------------------------------
 
 
+def check_dataset_name(dataset):
+    """`dataset` if it is one of `DATASETS` or `"tfds:NAME"`; otherwise a `ValueError`.
+
+    Example:
+    >>> check_dataset_name("tfds:oxford_iiit_pet")
+    'tfds:oxford_iiit_pet'
+    """
+    if isinstance(dataset, str) and (
+        dataset in DATASETS or (dataset.startswith(TFDS_PREFIX) and dataset[len(TFDS_PREFIX) :])
+    ):
+        return dataset
+    raise ValueError(
+        f"Unknown dataset {dataset!r}: expected one of {', '.join(DATASETS)}, or "
+        f"{TFDS_PREFIX}NAME for a TensorFlow Datasets builder (e.g. tfds:oxford_iiit_pet)."
+    )
+
+
+def dataset_defaults(dataset):
+    """The `DATASET_DEFAULTS` entry of a dataset name (the `"tfds"` one for `"tfds:NAME"`).
+
+    Example:
+    >>> dataset_defaults("tfds:oxford_iiit_pet")["crop_size"]
+    (512, 512)
+    """
+    check_dataset_name(dataset)
+    return DATASET_DEFAULTS["tfds" if dataset.startswith(TFDS_PREFIX) else dataset]
+
+
 def load_segmentation_split(
     dataset,
     split,
@@ -109,35 +148,78 @@ def load_segmentation_split(
     image_size=128,
     num_images=None,
     seed=0,
+    *,
+    tfds_split=None,
+    image_key="image",
+    mask_key=None,
+    reduce_zero_label=False,
 ):
     """`(image, mask)` pairs of one split of a supported dataset.
 
     Args:
-        dataset: one of `DATASETS`.
+        dataset: one of `DATASETS`, or `"tfds:NAME"` for a TensorFlow Datasets builder
+            (`load_tfds_segmentation`).
         split: `"train"` or `"validation"`.
-        data_dir: TFDS data directory (ADE20K) or the Cityscapes root.
+        data_dir: ADE20K: the `ADEChallengeData2016` folder or one holding it (default:
+            Keras's cache, downloaded there on first use, see `load_ade20k`); tfds: the TFDS
+            data directory; Cityscapes: its root.
         images_dir, masks_dir: folders for `dataset="folder"`.
-        image_size, num_images, seed: the shapes dataset's arguments.
+        image_size, num_images: the shapes dataset's arguments.
+        seed: the shapes dataset's seed, and the seed of the file order that ADE20K and folder
+            training splits shuffle.
+        tfds_split: tfds: the builder's split to read (default: `split`).
+        image_key, mask_key: tfds: the image and mask features (`load_tfds_segmentation`).
+        reduce_zero_label: folder and tfds: label 0 becomes 255 (ignored), the others move
+            down by one.
 
     Example:
 
     >>> ds = load_segmentation_split("shapes", "validation", image_size=64, num_images=32)
+    >>> pets = load_segmentation_split("tfds:oxford_iiit_pet", "validation", tfds_split="test",
+    ...                                reduce_zero_label=True)
     """
-    if dataset not in DATASETS:
-        raise ValueError(f"Unknown dataset {dataset!r}. Known datasets: {', '.join(DATASETS)}.")
+    check_dataset_name(dataset)
     if split not in ("train", "validation"):
         raise ValueError(f"`split` must be 'train' or 'validation'; got {split!r}.")
+    tfds_name = dataset[len(TFDS_PREFIX) :] if dataset.startswith(TFDS_PREFIX) else None
+    if tfds_name is None and (tfds_split is not None or image_key != "image" or mask_key):
+        raise ValueError(
+            "`tfds_split`, `image_key` and `mask_key` apply to tfds:NAME datasets, not "
+            f"{dataset!r}."
+        )
+    if reduce_zero_label and dataset in ("shapes", "ade20k", "cityscapes"):
+        raise ValueError(
+            f"`reduce_zero_label` applies to folder and tfds:NAME datasets, not {dataset!r} (the "
+            "ADE20K loader always reduces it)."
+        )
+    shuffle = split == "train"
+    if tfds_name is not None:
+        return load_tfds_segmentation(
+            tfds_name,
+            tfds_split or split,
+            image_key=image_key,
+            mask_key=mask_key,
+            reduce_zero_label=reduce_zero_label,
+            data_dir=data_dir,
+            shuffle_files=shuffle,
+        )
     if dataset == "shapes":
         return load_shapes(split, num_images=num_images, image_size=image_size, seed=seed)
     if dataset == "ade20k":
-        return load_ade20k(split, data_dir=data_dir, shuffle_files=split == "train")
+        return load_ade20k(split, data_dir=data_dir, shuffle_files=shuffle, seed=seed)
     if dataset == "cityscapes":
         if not data_dir:
             raise ValueError("Cityscapes needs `data_dir`, the folder holding leftImg8bit/gtFine.")
         return load_cityscapes(data_dir, "train" if split == "train" else "val")
     if not images_dir or not masks_dir:
         raise ValueError("`dataset='folder'` needs `images_dir` and `masks_dir`.")
-    return load_folder(images_dir, masks_dir, shuffle_files=split == "train", seed=seed)
+    return load_folder(
+        images_dir,
+        masks_dir,
+        reduce_zero_label=reduce_zero_label,
+        shuffle_files=shuffle,
+        seed=seed,
+    )
 
 
 def fixed_size_validation_pipeline(
@@ -222,12 +304,13 @@ def train_segmenter(
 
     The recipe is `HRViTSegmenter.compile()`'s (AdamW groups, heads at 10x, warm-up then poly
     decay over `epochs * steps_per_epoch` steps, `SegmentationCrossEntropy`, mean IoU);
-    `recipe` keywords (`learning_rate`, `weight_decay`, `head_lr_mult`, `warmup_steps`,
-    `warmup_ratio`, `power`, `beta_1`, `beta_2`, `clipnorm`) change it. This adds what a run
-    needs around `fit`: everything goes to `output_dir`: `checkpoints/last.keras` and
-    `checkpoints/best.keras` (by validation mean IoU, else training loss) written atomically each
-    epoch, `history.json` and `training_curves.png`, TensorBoard logs in `logs/`, and `backup/`,
-    from which rerunning the same call after a crash resumes at the last finished epoch.
+    `recipe` keywords (`learning_rate`, `weight_decay`, `decay_exempt`, `head_lr_mult`,
+    `warmup_steps`, `warmup_ratio`, `power`, `beta_1`, `beta_2`, `clipnorm`) change it. This
+    adds what a run needs around `fit`: everything goes to `output_dir`:
+    `checkpoints/last.keras` and `checkpoints/best.keras` (by validation mean IoU, else training
+    loss) written atomically each epoch, `history.json`, `history.csv` and `training_curves.png`,
+    TensorBoard logs in `logs/` (with TensorFlow installed), and `backup/`, from which rerunning
+    the same call after a crash resumes at the last finished epoch.
 
     Args:
         model: an `HRViTSegmenter`.
@@ -501,7 +584,10 @@ __all__ = [
     "DATASET_DEFAULTS",
     "MODEL_FILE",
     "REPORT_FILE",
+    "TFDS_PREFIX",
     "build_segmenter",
+    "check_dataset_name",
+    "dataset_defaults",
     "evaluate_segmenter",
     "fixed_size_validation_pipeline",
     "load_segmentation_split",

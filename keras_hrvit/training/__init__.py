@@ -2,6 +2,7 @@
 
 from keras_hrvit.training.backup import AtomicBackupAndRestore
 from keras_hrvit.training.callbacks import (
+    AtomicCSVLogger,
     AtomicModelCheckpoint,
     TrainingCurves,
     TrainingDiverged,
@@ -19,6 +20,7 @@ from keras_hrvit.training.schedules import WarmupCosineDecay, WarmupPolyDecay
 
 __all__ = [
     "AtomicBackupAndRestore",
+    "AtomicCSVLogger",
     "AtomicModelCheckpoint",
     "ParamGroupAdamW",
     "TrainingCurves",

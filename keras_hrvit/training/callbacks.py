@@ -5,7 +5,9 @@ destination directory, then `os.replace`), so a run killed mid-save leaves the p
 intact instead of a truncated one.
 """
 
+import csv
 import importlib.util
+import io
 import json
 import logging
 import math
@@ -174,6 +176,21 @@ class AtomicModelCheckpoint(keras.callbacks.Callback):
             )
 
 
+def _epoch_record(model, epoch, logs):
+    """`{"epoch": epoch + 1, metric: float, ...}` of an epoch's logs, with the learning rate."""
+    record = {"epoch": epoch + 1}
+    for key, value in (logs or {}).items():
+        value = _to_float(value)
+        if value is not None:
+            record[key] = value
+    optimizer = getattr(model, "optimizer", None)
+    if "learning_rate" not in record and optimizer is not None:
+        lr = _to_float(optimizer.learning_rate)
+        if lr is not None:
+            record["learning_rate"] = lr
+    return record
+
+
 class TrainingCurves(keras.callbacks.Callback):
     """Writes `history.json` and a `training_curves.png` (train and val per metric) each epoch.
 
@@ -220,16 +237,7 @@ class TrainingCurves(keras.callbacks.Callback):
             self._first_epoch_seen = True
 
     def on_epoch_end(self, epoch, logs=None):
-        record = {"epoch": epoch + 1}
-        for key, value in (logs or {}).items():
-            value = _to_float(value)
-            if value is not None:
-                record[key] = value
-        optimizer = getattr(self.model, "optimizer", None)
-        if "learning_rate" not in record and optimizer is not None:
-            lr = _to_float(optimizer.learning_rate)
-            if lr is not None:
-                record["learning_rate"] = lr
+        record = _epoch_record(self.model, epoch, logs)
         self.records = [r for r in self.records if r.get("epoch") != epoch + 1] + [record]
         write_json(self.json_path, self.records)
         atomic_write(self.png_path, self._plot, ".png")
@@ -265,6 +273,87 @@ class TrainingCurves(keras.callbacks.Callback):
             ax.legend()
         fig.tight_layout()
         fig.savefig(path, format="png", dpi=100)
+
+
+class AtomicCSVLogger(keras.callbacks.CSVLogger):
+    """`keras.callbacks.CSVLogger` that rewrites the whole CSV atomically after every epoch.
+
+    One row per epoch: `epoch` (1-based, as in `history.json`), then the metrics in sorted
+    order and the learning rate; a metric an epoch lacks is left empty. On a resumed run
+    (`AtomicBackupAndRestore`, first epoch > 0) the rows already in the file are kept up to
+    the restart point and those of the epochs redone are dropped, so no epoch appears twice;
+    a run starting at epoch 0 starts a fresh file. An unreadable file is started afresh with a
+    warning.
+
+    Args:
+        filename: the CSV file, e.g. `"runs/a/history.csv"`.
+        separator: the field separator.
+
+    Example:
+    >>> model.fit(x, y, epochs=5, callbacks=[AtomicCSVLogger("runs/a/history.csv")])
+    """
+
+    def __init__(self, filename, separator=","):
+        if not isinstance(separator, str) or len(separator) != 1:
+            raise ValueError(f"`separator` must be one character, got {separator!r}.")
+        super().__init__(os.fspath(filename), separator=separator, append=True)
+        if not self.filename:
+            raise ValueError("`filename` must be a non-empty path.")
+        self.rows = []
+        self._first_epoch_seen = False
+
+    def on_train_begin(self, logs=None):
+        self.rows = self._read_rows() if os.path.exists(self.filename) else []
+        self._first_epoch_seen = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self._first_epoch_seen:
+            # Rows are 1-based; drop what a restart from 0-based `epoch` will redo.
+            self.rows = [row for row in self.rows if row["epoch"] <= epoch]
+            self._first_epoch_seen = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        record = _epoch_record(self.model, epoch, logs)
+        self.rows = [row for row in self.rows if row["epoch"] != epoch + 1] + [record]
+        atomic_write(self.filename, self._write, ".csv")
+
+    def on_train_end(self, logs=None):
+        pass  # every epoch wrote the whole file: nothing is left open
+
+    def _columns(self):
+        keys = {key for row in self.rows for key in row if key != "epoch"}
+        return ["epoch"] + sorted(keys)
+
+    def _write(self, path):
+        text = io.StringIO()
+        writer = csv.DictWriter(
+            text, fieldnames=self._columns(), delimiter=self.sep, lineterminator="\n"
+        )
+        writer.writeheader()
+        writer.writerows(self.rows)
+        with open(path, "w", encoding="utf-8", newline="") as f:
+            f.write(text.getvalue())
+
+    def _read_rows(self):
+        """The rows of the existing file as records, or `[]` with a warning."""
+        try:
+            with open(self.filename, encoding="utf-8", newline="") as f:
+                rows = list(csv.DictReader(f, delimiter=self.sep))
+            records = []
+            for row in rows:
+                record = {"epoch": int(row["epoch"])}
+                record.update(
+                    (key, float(value))
+                    for key, value in row.items()
+                    if key not in ("epoch", None) and value not in ("", None)
+                )
+                records.append(record)
+            return records
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            logger.warning(
+                "%s cannot be read (%s); the CSV starts again from this run.", self.filename, error
+            )
+            return []
 
 
 class TrainingDiverged(RuntimeError):
@@ -317,6 +406,10 @@ def save_model(model, path):
     return path
 
 
+def _tensorflow_available():
+    return importlib.util.find_spec("tensorflow") is not None
+
+
 def standard_callbacks(
     output_dir,
     monitor="val_loss",
@@ -327,18 +420,21 @@ def standard_callbacks(
     tensorboard=True,
     curves=True,
     verbose=0,
+    csv_log=True,
 ):
     """The callback set for a resumable training run under `output_dir`.
 
     Returns, in order: `TerminateOnNaN`, `AtomicModelCheckpoint(output_dir/checkpoints)`,
-    `TrainingCurves(output_dir)`, `TensorBoard(output_dir/logs)` and last
+    `TrainingCurves(output_dir)` (`curves`), `AtomicCSVLogger(output_dir/history.csv)`
+    (`csv_log`), `TensorBoard(output_dir/logs)` (`tensorboard`) and last
     `AtomicBackupAndRestore(output_dir/backup)`, which restores weights, optimizer state and
     the epoch when `fit` is rerun after a crash or a kill (falling back on
     `checkpoints/last.keras` when that state is unreadable). The resume state is written last
     in each epoch: a run killed before it redoes the epoch, rewriting everything else.
     Temporary files a killed run left in `output_dir` are removed first.
-    TensorBoard needs the `tensorflow` and `tensorboard` packages (on any Keras backend);
-    without them it is skipped with a logged warning.
+    TensorBoard needs the `tensorflow` and `tensorboard` packages (on any Keras backend): it is
+    left out where TensorFlow is not installed (a PyTorch or JAX install), and skipped with a
+    logged warning where only `tensorboard` is missing.
 
     Example:
 
@@ -364,12 +460,14 @@ def standard_callbacks(
     )
     if curves:
         out.append(TrainingCurves(output_dir))
-    if tensorboard:
-        missing = [m for m in ("tensorflow", "tensorboard") if importlib.util.find_spec(m) is None]
-        if missing:
+    if csv_log:
+        out.append(AtomicCSVLogger(os.path.join(output_dir, "history.csv")))
+    # Keras's TensorBoard callback writes through TensorFlow; without it there is nothing to
+    # warn about on a PyTorch or JAX install.
+    if tensorboard and _tensorflow_available():
+        if importlib.util.find_spec("tensorboard") is None:
             logger.warning(
-                "Skipping the TensorBoard callback: it needs %s, which is not installed.",
-                " and ".join(missing),
+                "Skipping the TensorBoard callback: it needs tensorboard, which is not installed."
             )
         else:
             out.append(keras.callbacks.TensorBoard(os.path.join(output_dir, "logs")))
@@ -385,6 +483,7 @@ def standard_callbacks(
 
 
 __all__ = [
+    "AtomicCSVLogger",
     "AtomicModelCheckpoint",
     "TrainingCurves",
     "TrainingDiverged",

@@ -16,8 +16,19 @@ from keras import ops
 
 from keras_hrvit.validation import check_number
 
-EXCLUDE_MODES = ("norms_and_biases", "none")
+# The named weight-decay exemptions (see `decay_exempt_variables`):
+# - "layer_norms": HRViT's MMSegmentation configs (ADE20K, Cityscapes). Their
+#   `custom_keys={"norm": dict(decay_mult=0.0), ...}` match parameter *names* containing "norm",
+#   and in HRViT those are exactly its LayerNorms (`attn_norm`, `ffn_norm`, `patch_embed.i.norm`,
+#   `norm.i`); its BatchNorms are named `bn1`, `bn2`, `attn_bn` or by index, so they decay, as
+#   do the heads' (whose "head" key, checked first, sets only the learning rate) and all biases.
+# - "norms": every normalization layer's scale and offset (MMCV's `norm_decay_mult=0`).
+# - "norms_and_biases": timm's rule of the ImageNet recipe, every variable with ndim <= 1.
+# - "none": every variable decays.
+EXCLUDE_MODES = ("layer_norms", "norms", "norms_and_biases", "none")
 
+# Normalization layers with a learned scale and offset. Not SpectralNormalization: it wraps
+# another layer, whose kernel it would claim as its own.
 _NORM_LAYER_TYPES = tuple(
     getattr(keras.layers, name)
     for name in (
@@ -25,10 +36,14 @@ _NORM_LAYER_TYPES = tuple(
         "LayerNormalization",
         "GroupNormalization",
         "RMSNormalization",
-        "SpectralNormalization",
     )
     if hasattr(keras.layers, name)
 )
+_EXEMPT_LAYER_TYPES = {
+    "layer_norms": (keras.layers.LayerNormalization,),
+    "norms": _NORM_LAYER_TYPES,
+    "norms_and_biases": _NORM_LAYER_TYPES,
+}
 
 
 def _path_matches(path, key):
@@ -242,32 +257,41 @@ def _exempt_flags(model, exclude_from_decay):
                 )
             flags.append(flag)
         return variables, flags
-    if exclude_from_decay != "norms_and_biases":
+    if not isinstance(exclude_from_decay, str) or exclude_from_decay not in EXCLUDE_MODES:
         raise ValueError(
             "`exclude_from_decay` must be one of "
             f"{EXCLUDE_MODES}, None, or a callable(variable) -> bool. "
             f"Received: {exclude_from_decay!r}"
         )
     owners = _owning_layers(model)
+    kinds = _EXEMPT_LAYER_TYPES[exclude_from_decay]
     flags = []
     for v in variables:
-        in_norm = any(isinstance(layer, _NORM_LAYER_TYPES) for layer in owners.get(id(v), ()))
-        is_bias = v.name == "bias" or v.name.endswith("_bias")
-        # timm's rule: every tensor with ndim <= 1 (biases, norm affine, layer scales) is exempt.
-        flags.append(in_norm or is_bias or len(v.shape) <= 1)
+        flag = any(isinstance(layer, kinds) for layer in owners.get(id(v), ()))
+        if exclude_from_decay == "norms_and_biases":
+            is_bias = v.name == "bias" or v.name.endswith("_bias")
+            # timm's rule: every tensor with ndim <= 1 (biases, norm affine, layer scales).
+            flag = flag or is_bias or len(v.shape) <= 1
+        flags.append(flag)
     return variables, flags
 
 
 def decay_exempt_variables(model, exclude_from_decay="norms_and_biases"):
     """Trainable variables of `model` that `build_adamw` exempts from weight decay.
 
-    With `"norms_and_biases"`: the weights of normalization layers (BatchNorm, LayerNorm,
-    GroupNorm, RMSNorm), every bias, and every other variable with ndim <= 1.
+    `exclude_from_decay` (see `EXCLUDE_MODES`): `"layer_norms"`, the scale and offset of
+    LayerNormalization layers (HRViT's segmentation recipe: its MMSegmentation configs exempt
+    the parameters named `norm`, which are its LayerNorms); `"norms"`, those of every
+    normalization layer (BatchNorm, LayerNorm, GroupNorm, RMSNorm); `"norms_and_biases"` (the
+    ImageNet recipe, timm's rule), those, every bias and every other variable with ndim <= 1;
+    `"none"` / None; or a callable `(variable) -> bool`.
 
     Example:
 
     >>> [v.path for v in decay_exempt_variables(model)]
     ['conv/bias', 'bn/gamma', 'bn/beta', 'dense/bias']
+    >>> [v.path for v in decay_exempt_variables(model, "norms")]
+    ['bn/gamma', 'bn/beta']
     """
     _check_built(model)
     variables, flags = _exempt_flags(model, exclude_from_decay)
@@ -359,8 +383,9 @@ def build_adamw(
         lr_multipliers: None; a mapping `{prefix: multiplier}` where a prefix matches a layer
             name (any nesting level) or a variable-path prefix, longest match winning; or a
             callable `(variable) -> multiplier or None`.
-        exclude_from_decay: `"norms_and_biases"` (default), `"none"`/None, or a callable
-            `(variable) -> bool` returning True for variables to exempt.
+        exclude_from_decay: `"norms_and_biases"` (default), `"layer_norms"`, `"norms"`,
+            `"none"`/None (see `decay_exempt_variables`), or a callable `(variable) -> bool`
+            returning True for variables to exempt.
         **kwargs: Further `keras.optimizers.AdamW` arguments.
 
     Example:
