@@ -63,7 +63,9 @@ TARGET_MIOU = 0.80
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output-dir", default="demo_output", help="run directory")
-    parser.add_argument("--seed", type=int, default=0, help="seed of weights and augmentation")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of weights and augmentation"
+    )
     args = parser.parse_args(argv)
 
     # A rerun of the demo trains afresh (an interrupted one resumes).
@@ -86,7 +88,9 @@ def main(argv=None):
     with open(os.path.join(eval_dir, "report.json"), encoding="utf-8") as f:
         report = json.load(f)
 
-    print(f"\nTraining took {trained - start:.0f} s, evaluation {time.time() - trained:.0f} s.")
+    print(
+        f"\nTraining took {trained - start:.0f} s, evaluation {time.time() - trained:.0f} s."
+    )
     print("Per-class IoU:")
     for name, values in report["per_class"].items():
         print(f"  {name:<10} {values['IoU']:.4f}")
@@ -97,10 +101,14 @@ def main(argv=None):
     exported = os.path.join(args.output_dir, "saved_model")
     # The export is derived from model.keras, so a rerun replaces it.
     shutil.rmtree(exported, ignore_errors=True)
-    model = keras.saving.load_model(os.path.join(args.output_dir, "model.keras"), compile=False)
+    model = keras.saving.load_model(
+        os.path.join(args.output_dir, "model.keras"), compile=False
+    )
     export_saved_model(model, exported, verbose=False)
     agreement = _check_export(model, exported)
-    print(f"SavedModel: {exported} (same class as Keras on {agreement:.2%} of test pixels)")
+    print(
+        f"SavedModel: {exported} (same class as Keras on {agreement:.2%} of test pixels)"
+    )
     return 0
 
 
