@@ -3,8 +3,10 @@
 Each case runs `tests/kill_worker.py` in a subprocess that kills itself mid-step, or in the
 middle of writing the resume state or a checkpoint (the file half written), then reruns the
 same command: the run must resume, finish with the same epochs and learning rates, and leave
-no file that cannot be read. On PyTorch in CI; on TensorFlow and JAX marked slow (compiling the
-train step in every new process costs them about a minute a run).
+no file that cannot be read. On PyTorch, the kill mid-write of the resume state (the case Keras's
+own `BackupAndRestore` fails) runs in CI and the other two are marked slow (a minute and a half
+of CI); on TensorFlow and JAX all are slow (compiling the train step in every new process costs
+them about a minute a run).
 """
 
 import json
@@ -25,7 +27,11 @@ pytestmark = [pytest.mark.backend] + (
 )
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kill_worker.py")
-KILLS = ["step:2:1", "backup:2", "checkpoint:2"]
+KILLS = [
+    pytest.param("step:2:1", marks=pytest.mark.slow),
+    "backup:2",
+    pytest.param("checkpoint:2", marks=pytest.mark.slow),
+]
 
 
 def _run(kill_at, output_dir):

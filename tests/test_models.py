@@ -77,6 +77,9 @@ def test_variant_functions_build_the_preset_classifier():
     assert isinstance(backbone, keras_hrvit.HRViTBackbone) and len(backbone.outputs) == 4
 
 
+# Slow: fit on every backend is checked in CI by test_tasks (a segmenter) and
+# test_train_classification (a classifier on mixed labels); this one cost a minute of CI.
+@pytest.mark.slow
 @pytest.mark.backend
 @pytest.mark.skipif(keras.backend.backend() == "jax", reason=JAX_TRAIN_REASON)
 def test_fit_decreases_the_loss_in_train_mode():
