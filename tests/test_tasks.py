@@ -37,11 +37,13 @@ def _paper_groups(model):
     return groups
 
 
-# On TensorFlow and PyTorch (the other tests here check backend-neutral logic, on TensorFlow
-# only). JAX's train step is checked against the original's outputs, gradients and BatchNorm
-# statistics by tests/test_train_reference.py; this fit cost 90 s of XLA compilation in CI.
+# On PyTorch in CI (the other tests here check backend-neutral logic, on TensorFlow only).
+# JAX's train step is checked against the original's outputs, gradients and BatchNorm
+# statistics by tests/test_train_reference.py (this fit cost 90 s of XLA compilation), and
+# TensorFlow's `fit` with the `compile()` defaults by the CLI runs of test_train_segmentation
+# (this eager fit cost 50 s); both run it with `-m slow`.
 @pytest.mark.backend
-@pytest.mark.skipif(keras.backend.backend() == "jax", reason="JAX training: test_train_reference")
+@(pytest.mark.backend if keras.backend.backend() == "torch" else pytest.mark.slow)
 def test_preset_segmenter_trains_with_compile_defaults_on_raw_images():
     keras.utils.set_random_seed(0)
     model = HRViTSegmenter.from_preset("hrvit_tiny_shapes")

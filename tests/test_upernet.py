@@ -123,6 +123,9 @@ def _check_parameter_counts(preset, without_aux, with_aux):
     assert _trainable_count(keras.Model(x, [y, a])) == with_aux
 
 
+# Parameter counts do not depend on the backend: built once, on TensorFlow (on JAX the build
+# of b1 with UperNet cost 22 s in CI).
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="backend-independent counts")
 def test_parameter_counts_b1():
     _check_parameter_counts("hrvit_b1", 35_618_126, 35_952_100)
 
