@@ -51,6 +51,14 @@ TFDS_PREFIX = "tfds:"
 MODEL_FILE = "model.keras"
 REPORT_FILE = "report.json"
 
+_GENERIC_DEFAULTS = {
+    "class_names": None,
+    "base_scale": None,
+    "crop_size": (512, 512),
+    "test_scale": None,
+    "mode": "whole",
+    "eval_batch_size": 1,
+}
 # Per dataset: classes, the paper's (MMSeg) training scale and crop, and its test protocol.
 # A scale of None rescales relative to each image's own size.
 DATASET_DEFAULTS = {
@@ -79,22 +87,9 @@ DATASET_DEFAULTS = {
         "slide_stride": (768, 768),
         "eval_batch_size": 1,
     },
-    "folder": {
-        "class_names": None,
-        "base_scale": None,
-        "crop_size": (512, 512),
-        "test_scale": None,
-        "mode": "whole",
-        "eval_batch_size": 1,
-    },
-    "tfds": {  # every "tfds:NAME"
-        "class_names": None,
-        "base_scale": None,
-        "crop_size": (512, 512),
-        "test_scale": None,
-        "mode": "whole",
-        "eval_batch_size": 1,
-    },
+    # Datasets the package knows nothing of: image folders and every "tfds:NAME".
+    "folder": _GENERIC_DEFAULTS,
+    "tfds": _GENERIC_DEFAULTS,
 }
 
 
