@@ -413,24 +413,23 @@ def _load_in_fresh_process(paths):
     return result.stdout.strip().splitlines()[-len(paths) :]
 
 
-def test_cli_models_load_after_importing_keras_hrvit_only(cli_runs):
+def test_cli_and_converted_models_load_after_importing_keras_hrvit_only(cli_runs, tmp_path):
+    from keras_hrvit.convert import convert_checkpoint
+
     root = cli_runs["root"]
+    checkpoint = tmp_path / "tiny.npz"
+    np.savez(checkpoint, **state_dict("sd/"))
+    converted = convert_checkpoint(checkpoint, tmp_path / "tiny.keras", config=tiny_config()[0])
     paths = [
         root / "seg" / "model.keras",
         root / "seg" / "checkpoints" / "last.keras",
         root / "cls" / "model.keras",
         root / "cls" / "checkpoints" / "last.keras",
+        converted,
     ]
+    # One fresh process for all of them: its start and imports cost 15 s.
     lines = _load_in_fresh_process(paths)
-    assert [line.split()[0] for line in lines] == ["HRViTSegmenter"] * 2 + ["HRViTClassifier"] * 2
+    names = [line.split()[0] for line in lines]
+    assert names == ["HRViTSegmenter"] * 2 + ["HRViTClassifier"] * 3
     # Compiled: the optimizer comes back built, with the step count of the one-step runs.
-    assert all(line.split()[2:] == ["True", "1"] for line in lines), lines
-
-
-def test_converted_model_loads_after_importing_keras_hrvit_only(tmp_path):
-    from keras_hrvit.convert import convert_checkpoint
-
-    checkpoint = tmp_path / "tiny.npz"
-    np.savez(checkpoint, **state_dict("sd/"))
-    path = convert_checkpoint(checkpoint, tmp_path / "tiny.keras", config=tiny_config()[0])
-    assert _load_in_fresh_process([path])[0].split()[0] == "HRViTClassifier"
+    assert all(line.split()[2:] == ["True", "1"] for line in lines[:4]), lines

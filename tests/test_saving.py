@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-from reference import tiny_backbone
+from reference import micro_backbone
 
 import keras_hrvit
 
@@ -16,6 +16,11 @@ def _outputs(model, images):
     return [keras.ops.convert_to_numpy(o) for o in out]
 
 
+# One image shape for every test here: JAX compiles each operation of an eager call once per
+# shape (about a minute for the first model), then reuses it for every model of that shape.
+IMAGES = np.random.default_rng(0).random((2, 40, 72, 3)).astype("float32")
+
+
 def _randomize_norm_statistics(model):
     # Fresh BatchNorms are identities at inference; random statistics make the check meaningful.
     rng = np.random.default_rng(0)
@@ -24,13 +29,15 @@ def _randomize_norm_statistics(model):
             weight.assign(rng.uniform(0.5, 1.5, weight.shape).astype("float32"))
 
 
+# The micro backbone has every kind of layer the full models have, at a quarter of the tiny
+# one's layers: JAX runs these models eagerly op by op, a minute per model at the tiny size.
 MODELS = {
-    "backbone": lambda: tiny_backbone(drop_path_rate=0.1),
+    "backbone": lambda: micro_backbone(drop_path_rate=0.1),
     "classifier": lambda: keras_hrvit.HRViTClassifier(
-        tiny_backbone(), classes=4, head_channels=(4, 4, 4, 4)
+        micro_backbone(), classes=4, head_channels=(4, 4, 4, 4)
     ),
     "segmenter": lambda: keras_hrvit.HRViTSegmenter(
-        tiny_backbone(), num_classes=3, head_channels=8
+        micro_backbone(), num_classes=3, head_channels=8
     ),
 }
 
@@ -39,13 +46,12 @@ MODELS = {
 def test_save_and_load_model_give_identical_outputs(kind, tmp_path):
     model = MODELS[kind]()
     _randomize_norm_statistics(model)
-    images = np.random.rand(2, 40, 72, 3).astype("float32")
-    expected = _outputs(model, images)
+    expected = _outputs(model, IMAGES)
     path = str(tmp_path / f"{kind}.keras")
     model.save(path)
     restored = keras.saving.load_model(path)
     assert type(restored) is type(model)
-    for a, b in zip(expected, _outputs(restored, images)):
+    for a, b in zip(expected, _outputs(restored, IMAGES)):
         np.testing.assert_array_equal(a, b)
 
 
@@ -53,12 +59,11 @@ def test_save_and_load_model_give_identical_outputs(kind, tmp_path):
 def test_save_and_load_weights_give_identical_outputs(kind, tmp_path):
     model = MODELS[kind]()
     _randomize_norm_statistics(model)
-    images = np.random.rand(1, 48, 48, 3).astype("float32")
     path = str(tmp_path / f"{kind}.weights.h5")
     model.save_weights(path)
     other = MODELS[kind]()
     other.load_weights(path)
-    for a, b in zip(_outputs(model, images), _outputs(other, images)):
+    for a, b in zip(_outputs(model, IMAGES), _outputs(other, IMAGES)):
         np.testing.assert_array_equal(a, b)
 
 

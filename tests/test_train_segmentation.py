@@ -128,7 +128,10 @@ class _CrashMidEpoch(keras.callbacks.Callback):
             raise RuntimeError("simulated crash")
 
 
-# Resuming is Keras's BackupAndRestore plus our schedule: backend-neutral, so TensorFlow only.
+# Resuming is Keras's BackupAndRestore plus our schedule: backend-neutral. CI resumes a killed
+# CLI run to the same epochs and learning rates in tests/test_kill_resume.py; this crash inside
+# an epoch (and the optimizer's step count) costs 80 s of tracing on TensorFlow.
+@pytest.mark.slow
 def test_interrupted_run_resumes_schedule_and_epochs(micro_presets, tmp_path, monkeypatch):
     epochs, steps = 3, 2
     # No validation: each run then traces the train step only.
