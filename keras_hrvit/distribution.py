@@ -193,7 +193,8 @@ def model_distribution(model):
     """`"data_parallel"` if `model`'s variables are replicated on several devices, else `"none"`.
 
     On TensorFlow the variables of a model built under a multi-replica `tf.distribute`
-    strategy are `tf.distribute.DistributedValues`; on JAX those of a model built under a
+    strategy are `tf.distribute.DistributedValues` (their strategy's replicas, on all workers,
+    are counted); on JAX those of a model built under a
     `keras.distribution` distribution are `jax.Array`s laid out on several devices.
     """
     variables = model.weights
@@ -205,7 +206,11 @@ def model_distribution(model):
         import tensorflow as tf
 
         if isinstance(value, tf.distribute.DistributedValues):
-            return "data_parallel" if len(value.values) > 1 else "none"
+            # `value.values` holds this worker's copies only (one per worker under a
+            # MultiWorkerMirroredStrategy with one device each); count every worker's replicas.
+            strategy = getattr(value, "distribute_strategy", None)
+            replicas = strategy.num_replicas_in_sync if strategy else len(value.values)
+            return "data_parallel" if replicas > 1 else "none"
         return "none"
     if backend == "jax":
         sharding = getattr(value, "sharding", None)
@@ -241,11 +246,85 @@ def training_scope(model, distribution="none"):
     if keras.backend.backend() == "tensorflow":
         # Keras remembers the strategy a model was built under; reuse it (mixing strategies
         # is an error) even when the caller has left its scope.
-        with model.distribute_strategy.scope(), distribution_scope(distribution) as strategy:
+        with (
+            model.distribute_strategy.scope(),
+            distribution_scope(distribution) as strategy,
+            _multi_worker_fit(model, strategy),
+        ):
             yield strategy
         return
     with distribution_scope(distribution) as data_parallel:
         yield data_parallel
+
+
+@contextlib.contextmanager
+def _multi_worker_fit(model, strategy):
+    """Lets Keras 3's `fit` and `evaluate` run under a `MultiWorkerMirroredStrategy`.
+
+    Keras 3 (3.15) and TensorFlow (2.21) fail there in two places (keras-team/keras issue
+    20585, tensorflow/tensorflow issue 72388), which this scope works around; nothing changes
+    under other strategies:
+
+    - Before the first step, the trainer gets one batch's shapes with
+      `strategy.reduce("MEAN", batch, axis=None)`, which cannot reduce a nested batch such as
+      `(images, labels)` across workers ("Attempt to convert a value (PerReplica:...) with an
+      unsupported type"). Here the model takes the shapes from this worker's share instead.
+    - After each step, the trainer averages the logs (scalars) over the workers with
+      `strategy.reduce("MEAN", value, axis=0)` ("Invalid reduction dimension 0 for input with 0
+      dimensions"). Here they are averaged with `axis=None`, as over the local replicas.
+    """
+    import tensorflow as tf
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        yield
+        return
+    _patch_multi_worker_log_reduction()
+
+    def local(value):
+        if isinstance(value, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(value)[0]
+        return value
+
+    def symbolic_build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, data in iterator:
+                data_batch = tf.nest.map_structure(local, next(data))
+                break
+        with strategy.scope():
+            model._symbolic_build(data_batch=data_batch)
+
+    # Bypasses Keras's attribute tracking: the override is no part of the model.
+    object.__setattr__(model, "_maybe_symbolic_build", symbolic_build)
+    try:
+        yield
+    finally:
+        object.__delattr__(model, "_maybe_symbolic_build")
+
+
+def _patch_multi_worker_log_reduction():
+    """Makes Keras's TensorFlow trainer average logs over workers with `axis=None` (once).
+
+    Replaces `keras.src.backend.tensorflow.trainer.reduce_per_replica` by a wrapper that
+    differs from it only for a multi-worker `MultiWorkerMirroredStrategy` and the "auto" or
+    "mean" reduction (the one `fit` and `evaluate` use for their logs); a Keras without these
+    internals is left alone.
+    """
+    from keras.src.backend.tensorflow import trainer
+
+    original = getattr(trainer, "reduce_per_replica", None)
+    multi_worker = getattr(trainer, "_collective_all_reduce_multi_worker", None)
+    if original is None or multi_worker is None or getattr(original, "_hrvit_patched", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and multi_worker(strategy):
+            return keras.tree.map_structure(
+                lambda value: strategy.reduce("MEAN", value, axis=None), values
+            )
+        return original(values, strategy, reduction)
+
+    reduce_per_replica._hrvit_patched = True
+    trainer.reduce_per_replica = reduce_per_replica
 
 
 def check_gradient_clipping(optimizer, distribution):
