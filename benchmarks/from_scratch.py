@@ -56,10 +56,18 @@ VARIANTS = {
     "batch_8": {**PLAIN, "batch_size": 8},
     "head_128": {**PLAIN, "model": {"head_channels": 128}},
     "drop_path_0.1": {**PLAIN, "model": {"drop_path_rate": 0.1}},
+    # The paper recipe's schedule and decay rule at base's rate: warm-up, then linear decay.
     "warmup_poly": {
         "optimizer": "auto",
-        "compile": {"learning_rate": 2e-3, "head_lr_mult": 1.0, "warmup_steps": 48},
+        "compile": {
+            "recipe": "paper",
+            "learning_rate": 2e-3,
+            "head_lr_mult": 1.0,
+            "warmup_steps": 48,
+        },
     },
+    # HRViTSegmenter.compile(recipe="paper"): the paper's fine-tuning recipe as it is.
+    "paper_recipe": {"optimizer": "auto", "compile": {"recipe": "paper"}},
     # HRViTSegmenter.compile() with no arguments: the package's default recipe.
     "compile_defaults": {"optimizer": "auto", "compile": {}},
 }

@@ -224,9 +224,12 @@ if BACKBONE_WEIGHTS:
 print(f"{model.name}: {model.count_params():,} parameters")
 
 """
-## The recipe: `compile()` with no optimizer
+## The recipe: `compile(recipe="paper")`
 
-Called without an optimizer, `compile()` sets up the paper's recipe: AdamW at a base
+Called without an optimizer, `compile()` sets up one of the segmenter's two recipes. Its
+default, `"scratch"`, is for random weights (AdamW at a constant 2e-3). This tutorial
+fine-tunes an ImageNet-pretrained backbone as the paper did, so it names the paper's
+recipe: AdamW at a base
 learning rate of 6e-5 with weight decay 0.01, the decode head at 10 times that rate, a
 linear warm-up over 1,500 steps and a poly decay to 0 over the run; the cross-entropy
 loss ignoring label 255, and the mean IoU as metric. Given the run's length (`epochs`
@@ -235,7 +238,7 @@ run. Without them it would span the first `fit`; they are passed here so that th
 schedule can be plotted before training.
 """
 
-model.compile(epochs=EPOCHS, steps_per_epoch=STEPS_PER_EPOCH)
+model.compile(recipe="paper", epochs=EPOCHS, steps_per_epoch=STEPS_PER_EPOCH)
 
 """
 Keras optimizers have no PyTorch-style parameter groups, so the package's AdamW keeps a
@@ -249,7 +252,7 @@ offsets of its LayerNorms (before the attention and the feed-forward network of 
 block, after each patch embedding, at the end of each stage). Its BatchNorms have other
 names (`bn1`, `attn_bn`, ...), so they decay, and so do all biases, unlike in the
 ImageNet recipe, which exempts every normalization layer and bias. The recipe names its
-rule, `model.recipe["decay_exempt"]` (`"layer_norms"`), and
+rule, `model.recipes["paper"]["decay_exempt"]` (`"layer_norms"`), and
 `compile(decay_exempt="norms_and_biases")` picks the ImageNet one instead.
 
 Grouping every trainable variable by the optimizer's own settings shows the groups that
@@ -280,7 +283,7 @@ variables of the first transformer block under the recipe's rule, and the number
 exempt variables under each rule:
 """
 
-rule = model.recipe["decay_exempt"]
+rule = model.recipes["paper"]["decay_exempt"]
 exempt = {variable.path for variable in decay_exempt_variables(model, rule)}
 print(f"{len(decay_variables(model, rule))} variables decay, {len(exempt)} are exempt")
 for variable in model.trainable_variables:

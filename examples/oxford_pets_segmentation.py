@@ -151,24 +151,14 @@ print(f"{model.count_params():,} parameters")
 """
 ## Compiling
 
-`compile()` with no arguments sets the paper's fine-tuning recipe: AdamW with weight
-decay on everything but the LayerNorms, the head at 10 times the backbone's
-learning rate, a linear warm-up then a polynomial decay over the whole `fit`, a
-cross-entropy that ignores label 255, and mean IoU as the metric.
-
-That recipe fine-tunes a pretrained backbone with a small learning rate. A backbone
-trained from scratch needs a larger one, and the head needs no head start, so we change
-those values of the recipe and keep the rest.
+`compile()` with no arguments sets the segmenter's recipe for random weights, as here:
+AdamW at a constant learning rate of 2e-3 with weight decay 0.01, a cross-entropy that
+ignores label 255, and mean IoU as the metric. (`compile(recipe="paper")` is the paper's
+recipe instead, made to fine-tune a pretrained backbone: a small learning rate with
+warm-up and decay, the head at 10 times the backbone's rate.)
 """
 
-steps_per_epoch = int(train_ds.cardinality())
-model.compile(
-    learning_rate=1e-3,
-    head_lr_mult=1.0,
-    warmup_steps=min(500, steps_per_epoch),
-    epochs=EPOCHS,
-    steps_per_epoch=steps_per_epoch,
-)
+model.compile()
 
 """
 ## Training

@@ -164,10 +164,10 @@ scratch = keras_hrvit.HRViTSegmenter(
 ## Fine-tuning on Oxford-IIIT Pets
 
 The segmentation data is the trimap task of the "Oxford-IIIT Pets" tutorial: pet,
-background and outline. `compile()` with no optimizer arguments is the paper's
-fine-tuning recipe, made for this case: a pretrained backbone and a new head that
-learns 10 times faster. We raise the learning rate for a run this short, and train the
-segmenter from scratch with the same settings to see what pretraining buys.
+background and outline. `compile(recipe="paper")` is the paper's fine-tuning
+recipe, made for this case: a pretrained backbone and a new head that learns 10 times
+faster. We raise the learning rate for a run this short, and train the segmenter from
+scratch with the same settings to see what pretraining buys.
 """
 
 
@@ -195,7 +195,7 @@ seg_val_ds = segmentation_eval_pipeline(
 
 curves = {}
 for name, segmenter in (("pretrained", pretrained), ("from scratch", scratch)):
-    segmenter.compile(learning_rate=3e-4)
+    segmenter.compile(recipe="paper", learning_rate=3e-4)
     history = segmenter.fit(
         seg_train_ds,
         validation_data=seg_val_ds,

@@ -103,9 +103,7 @@ train = segmentation_train_pipeline(
     crop_size=IMAGE_SIZE,
     batch_size=batch_size,
 )
-model.compile(
-    epochs=1, steps_per_epoch=steps, learning_rate=2e-3, warmup_steps=steps // 4
-)
+model.compile(epochs=1, steps_per_epoch=steps)
 model.fit(train, epochs=1, steps_per_epoch=steps, verbose=2)
 
 """

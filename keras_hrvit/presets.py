@@ -138,8 +138,8 @@ TINY_CLASSIFIER_HEAD_CHANNELS = (8, 16, 32, 64)
 # decay 0.01 but none on the LayerNorms ("layer_norms": the released configs exempt parameter
 # names containing "norm", HRViT's LayerNorms; its BatchNorms and all biases decay; it has no
 # position embeddings), the heads at 10x the learning rate, linear warm-up then poly decay over
-# 160k iterations.
-SEGMENTATION_RECIPE = {
+# 160k iterations. It fine-tunes an ImageNet-pretrained backbone.
+SEGMENTATION_PAPER_RECIPE = {
     "learning_rate": 6e-5,
     "weight_decay": 0.01,
     "decay_exempt": "layer_norms",
@@ -152,6 +152,22 @@ SEGMENTATION_RECIPE = {
     "power": 1.0,
     "clipnorm": None,
 }
+
+# The from-scratch recipe (no published HRViT weights exist to fine-tune): plain AdamW at a
+# constant 2e-3 with weight decay 0.01 on every variable, the heads at the backbone's rate. It is
+# what training from random weights learned best with in benchmarks/from_scratch.py's study
+# (benchmarks/README.md, "Training from scratch against the peer", which has each change's effect).
+SEGMENTATION_SCRATCH_RECIPE = {
+    **SEGMENTATION_PAPER_RECIPE,
+    "learning_rate": 2e-3,
+    "decay_exempt": "none",
+    "head_lr_mult": 1.0,
+    "warmup_steps": 0,
+    "power": 0.0,  # a constant rate (WarmupPolyDecay with power 0)
+}
+
+# The segmenter's named recipes: `HRViTSegmenter.compile(recipe=...)`, "scratch" by default.
+SEGMENTATION_RECIPES = {"scratch": SEGMENTATION_SCRATCH_RECIPE, "paper": SEGMENTATION_PAPER_RECIPE}
 
 # The paper's ImageNet recipe (DeiT's, through timm): AdamW at 1e-3 for a batch of 1024 (scaled
 # linearly with the batch size), no decay on norms and biases (timm's rule: every variable with

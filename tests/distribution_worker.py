@@ -26,7 +26,7 @@ import numpy as np
 CPU_DEVICES = 2
 STEPS = 2
 GLOBAL_BATCH = 4
-LEARNING_RATE = 1e-4  # segmentation heads get 10x (train_segmenter's head_lr_mult)
+LEARNING_RATE = 1e-4  # segmentation heads get 10x (the paper recipe's head_lr_mult)
 MICRO_SEGMENTER = {
     "backbone": "test_micro",
     "head": "segformer",
@@ -147,7 +147,9 @@ def _train(task, model, data, output_dir, distribution, steps):
     if task == "segmentation":
         from keras_hrvit.tasks.segmentation import train_segmenter
 
-        train_segmenter(model, data, learning_rate=LEARNING_RATE, warmup_steps=0, **common)
+        # The paper's recipe: two learning rates (heads at 10x), poly decay, decay exemptions.
+        recipe = dict(recipe="paper", learning_rate=LEARNING_RATE, warmup_steps=0)
+        train_segmenter(model, data, **recipe, **common)
     else:
         from keras_hrvit.tasks.classification import train_classifier
 

@@ -59,37 +59,50 @@ def test_preset_segmenter_trains_with_compile_defaults_on_raw_images():
     assert losses[-1] < losses[0], losses
     assert "mean_iou" in history.history
 
+    # The from-scratch recipe: one AdamW group with decay everywhere, at a constant 2e-3; the
+    # schedule spans the first `fit` (6 steps) when no run length is given.
     optimizer = model.optimizer
     assert isinstance(optimizer, ParamGroupAdamW)
     assert optimizer.weight_decay == pytest.approx(0.01)
     settings = optimizer.variable_settings()
-    groups = {path: (s["lr_mult"], s["decay"]) for path, s in settings.items()}
-    assert groups == _paper_groups(model)
-    assert sum(mult == 10.0 for mult, _ in groups.values()) == len(
-        model.decode_head.trainable_weights
-    )
-    # With no run length given, the paper's schedule spans the first `fit`: 6 steps.
+    assert {(s["lr_mult"], s["decay"]) for s in settings.values()} == {(1.0, True)}
     schedule = optimizer._learning_rate
     assert isinstance(schedule, WarmupPolyDecay)
-    assert (schedule.base_lr, schedule.total_steps, schedule.warmup_steps) == (6e-5, 6, 6)
+    assert (schedule.base_lr, schedule.total_steps, schedule.warmup_steps) == (2e-3, 6, 0)
+    assert [float(schedule(step)) for step in (0, 5, 6)] == pytest.approx([2e-3] * 3)
 
 
-def test_compile_takes_the_run_length_and_recipe_changes():
+def test_compile_recipes_run_length_and_changes():
     model = HRViTSegmenter(micro_backbone(), num_classes=3, head="upernet", auxiliary_head=True)
-    model.compile(epochs=10, steps_per_epoch=300, learning_rate=2e-3, head_lr_mult=1.0)
+    paper_args = dict(recipe="paper", epochs=10, steps_per_epoch=300)
+    model.compile(**paper_args, learning_rate=2e-3, head_lr_mult=1.0)
     schedule = model.optimizer._learning_rate
     assert (schedule.base_lr, schedule.total_steps, schedule.warmup_steps) == (2e-3, 3000, 1500)
+    assert float(schedule(2250)) == pytest.approx(2e-3 / 4)  # poly decay, power 1
     assert set(model.optimizer.lr_multipliers) == set()
-    model.compile(total_steps=100)
+    model.compile(recipe="paper", total_steps=100)
     assert model.optimizer._learning_rate.warmup_steps == 100  # capped at the run
+    assert model.optimizer._learning_rate.base_lr == 6e-5
     groups = {p: (s["lr_mult"], s["decay"]) for p, s in model.optimizer.variable_settings().items()}
     assert groups == _paper_groups(model)
+    # Both heads at 10x in the paper's recipe, nothing in the default one.
+    assert {p.split("/")[0] for p in model.optimizer.lr_multipliers} == {
+        "decode_head",
+        "auxiliary_head",
+    }
+    model.compile(total_steps=100, learning_rate=1e-3)
+    assert model.optimizer._learning_rate.base_lr == 1e-3 and not model.optimizer.lr_multipliers
+    with pytest.raises(ValueError) as info:
+        model.compile(recipe="fast")
+    assert str(info.value) == "`recipe` must be one of 'scratch', 'paper'; got 'fast'."
     with pytest.raises(ValueError, match="pass `steps_per_epoch` too"):
         model.compile(epochs=3)
     with pytest.raises(ValueError, match="`learning_rate` must be finite"):
         model.compile(learning_rate=float("nan"))
     with pytest.raises(ValueError, match="configure the default optimizer"):
         model.compile(optimizer="adam", learning_rate=1e-3)
+    with pytest.raises(ValueError, match="^recipe configure the default optimizer"):
+        model.compile(optimizer="adam", recipe="paper")
 
 
 def test_standard_losses_work_or_are_refused_naming_the_right_one():

@@ -229,8 +229,8 @@ def test_segmenter_decay_exemptions_match_the_original_configs(head):
         assert len(paths) == 283
         assert counts == {"layer_norms": 56, "norms": 118, "norms_and_biases": 195, "none": 0}
 
-    # `compile()` applies the recipe's choice, or the one named.
-    model.compile(total_steps=10)
+    # `compile()` applies the paper recipe's choice, or the one named.
+    model.compile(recipe="paper", total_steps=10)
     settings = model.optimizer.variable_settings()
     assert {p: (s["lr_mult"], s["decay"]) for p, s in settings.items()} == original
     model.compile(total_steps=10, decay_exempt="norms_and_biases")

@@ -34,7 +34,7 @@ from keras_hrvit.data import segmentation_eval_pipeline, segmentation_train_pipe
 from keras_hrvit.data.segmentation import bad_example_message
 from keras_hrvit.distribution import distribution_scope
 from keras_hrvit.models.segmenter import HEADS
-from keras_hrvit.presets import BACKBONE_PRESETS, SEGMENTER_PRESETS
+from keras_hrvit.presets import BACKBONE_PRESETS, SEGMENTATION_RECIPES, SEGMENTER_PRESETS
 from keras_hrvit.tasks.segmentation import (
     DATASETS,
     MODEL_FILE,
@@ -202,9 +202,12 @@ def register_train_command(subparsers):
         "segmentation",
         help="train a semantic segmentation model",
         description=wrap_description(
-            "Train an HRViT segmenter with the paper's recipe (AdamW, 10x head learning rate, "
-            "poly decay with warm-up). Checkpoints, history.json, history.csv, "
-            "training_curves.png and TensorBoard logs go to --output-dir, and rerunning the same "
+            "Train an HRViT segmenter with a recipe of HRViTSegmenter.compile(): --recipe "
+            "scratch (default; random weights: AdamW at a constant 2e-3) or paper (fine-tuning "
+            "a pretrained backbone: AdamW at 6e-5, 10x head learning rate, poly decay with "
+            "warm-up); --lr and the others change one value of it. Checkpoints, history.json, "
+            "history.csv, training_curves.png and TensorBoard logs go to --output-dir, and "
+            "rerunning the same "
             "command resumes an interrupted run. The final model is saved as "
             "OUTPUT_DIR/model.keras."
         ),
@@ -305,10 +308,16 @@ def _add_optimization_arguments(group):
     group.add_argument(
         "--val-steps", type=int, default=None, help="validation batches per epoch (all)"
     )
-    group.add_argument("--lr", type=finite_float, default=6e-5, help="peak learning rate")
-    group.add_argument("--weight-decay", type=finite_float, default=0.01, help="AdamW weight decay")
-    group.add_argument("--head-lr-mult", type=finite_float, default=10.0, help="head lr multiplier")
-    group.add_argument("--warmup-steps", type=int, default=1500, help="linear warm-up steps")
+    group.add_argument(
+        "--recipe",
+        choices=tuple(SEGMENTATION_RECIPES),
+        default="scratch",
+        help="scratch: for random weights; paper: the paper's, to fine-tune a pretrained backbone",
+    )
+    group.add_argument("--lr", type=finite_float, help="peak learning rate (the recipe's)")
+    group.add_argument("--weight-decay", type=finite_float, help="AdamW weight decay (recipe's)")
+    group.add_argument("--head-lr-mult", type=finite_float, help="head lr multiplier (recipe's)")
+    group.add_argument("--warmup-steps", type=int, help="linear warm-up steps (the recipe's)")
     group.add_argument("--clipnorm", type=finite_float, default=None, help="gradient norm clipping")
     add_compile_arguments(group)
     add_distribution_argument(group)
@@ -368,9 +377,9 @@ def _check_numeric_arguments(args, parser):
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer; got {value}.")
     for name in ("lr", "head_lr_mult"):
-        if getattr(args, name) <= 0:
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be > 0; got {getattr(args, name)}.")
-    if args.weight_decay < 0 or args.warmup_steps < 0:
+    if (args.weight_decay or 0) < 0 or (args.warmup_steps or 0) < 0:
         parser.error("--weight-decay and --warmup-steps must be >= 0.")
     if args.clipnorm is not None and args.clipnorm <= 0:
         parser.error(f"--clipnorm must be > 0; got {args.clipnorm}.")
@@ -493,6 +502,17 @@ def _datasets(args, parser, base_scale, crop_size, num_classes):
     )
 
 
+def _recipe_arguments(args):
+    """The recipe named by --recipe, with the values given on the command line."""
+    given = {
+        "learning_rate": args.lr,
+        "weight_decay": args.weight_decay,
+        "head_lr_mult": args.head_lr_mult,
+        "warmup_steps": args.warmup_steps,
+    }
+    return {"recipe": args.recipe, **{k: v for k, v in given.items() if v is not None}}
+
+
 def _train(args, model, train_ds, val_ds, steps):
     return train_segmenter(
         model,
@@ -501,11 +521,8 @@ def _train(args, model, train_ds, val_ds, steps):
         output_dir=args.output_dir,
         epochs=args.epochs,
         steps_per_epoch=steps,
-        learning_rate=args.lr,
-        weight_decay=args.weight_decay,
-        head_lr_mult=args.head_lr_mult,
-        warmup_steps=args.warmup_steps,
         clipnorm=args.clipnorm,
+        **_recipe_arguments(args),
         validation_steps=args.val_steps,
         **compile_kwargs(args),
         tensorboard=args.tensorboard,

@@ -30,12 +30,12 @@ class HRViTClassifier(HRViTTask):
     default `classifier_activation="softmax"`, logits with `None`. With `classes=None` there is
     no top: the model gives the head's 2048-d pooled features.
 
-    `compile()` with no arguments sets the paper's ImageNet recipe (`CLASSIFICATION_RECIPE` in
-    `keras_hrvit.presets`): AdamW without weight decay on normalization weights and
-    biases (timm's rule, `decay_exempt="norms_and_biases"`), `learning_rate * batch_size / 1024`
-    when `batch_size` is given, linear warm-up for
-    1/15 of the run then cosine decay, global gradient clipping 1.0; cross-entropy with label
-    smoothing 0.1 on class ids, one-hot or soft (MixUp / CutMix) labels; top-1 accuracy.
+    `compile()` with no arguments sets the paper's ImageNet recipe, the classifier's one recipe
+    (`"paper"`, `CLASSIFICATION_RECIPE` in `keras_hrvit.presets`): AdamW without weight decay on
+    normalization weights and biases (timm's rule, `decay_exempt="norms_and_biases"`),
+    `learning_rate * batch_size / 1024` when `batch_size` is given, linear warm-up for 1/15 of
+    the run then cosine decay, global gradient clipping 1.0; cross-entropy with label smoothing
+    0.1 on class ids, one-hot or soft (MixUp / CutMix) labels; top-1 accuracy.
 
     Args:
         backbone: an `HRViTBackbone` or a backbone preset name (built with `drop_path_rate`
@@ -58,7 +58,8 @@ class HRViTClassifier(HRViTTask):
 
     config_args = ("classes", "classifier_activation", "head_channels", "dropout")
     presets = BACKBONE_PRESETS
-    recipe = {**CLASSIFICATION_RECIPE, "batch_size": None}
+    recipes = {"paper": {**CLASSIFICATION_RECIPE, "batch_size": None}}
+    default_recipe = "paper"
 
     def __init__(
         self,
@@ -132,8 +133,8 @@ class HRViTClassifier(HRViTTask):
 
     # --- training defaults --------------------------------------------------------------------
 
-    def _default_total_steps(self):
-        return self.recipe["epochs"] * self.recipe["steps_per_epoch"]
+    def _default_total_steps(self, recipe):
+        return recipe["epochs"] * recipe["steps_per_epoch"]
 
     def _auto_schedule(self, total_steps, settings):
         from keras_hrvit.training import WarmupCosineDecay

@@ -16,7 +16,7 @@ from keras_hrvit.presets import (
     BACKBONE_PRESETS,
     HEAD_CHANNELS,
     IGNORE_LABEL,
-    SEGMENTATION_RECIPE,
+    SEGMENTATION_RECIPES,
     SEGMENTER_PRESETS,
 )
 from keras_hrvit.validation import check_choice, check_number, check_positive_int
@@ -39,13 +39,17 @@ class HRViTSegmenter(HRViTTask):
     and multi-scale inference. With `auxiliary_head=True` (UperNet) the model has a second
     output, the auxiliary FCN head's logits, used in training only.
 
-    `compile()` with no arguments sets the paper's recipe (`SEGMENTATION_RECIPE` in
-    `keras_hrvit.presets`): AdamW with weight decay 0.01 on all but the LayerNorms (its
-    MMSegmentation configs exempt the parameters named `norm`; `decay_exempt` picks another
-    rule, e.g. `compile(decay_exempt="norms_and_biases")`), the heads at 10x the learning rate,
-    linear warm-up then poly decay;
-    `SegmentationCrossEntropy` ignoring label 255 (weighted 1 and 0.4 with the auxiliary head,
-    which trains on the same masks); mean IoU. Standard Keras losses work on the logits, e.g.
+    `compile()` sets up one of two recipes (`SEGMENTATION_RECIPES` in `keras_hrvit.presets`):
+    - `"scratch"`, the default, for random weights: AdamW at a constant 2e-3, weight decay 0.01
+      on every variable. It learned best in the package's from-scratch study (benchmarks/README).
+    - `"paper"`, `compile(recipe="paper")`, to fine-tune a pretrained backbone as the paper did:
+      AdamW at 6e-5 with weight decay 0.01 on all but the LayerNorms (its MMSegmentation configs
+      exempt the parameters named `norm`), the heads at 10x the learning rate, linear warm-up
+      then poly decay. From random weights it learns far slower.
+    Keywords change one value of the recipe, e.g. `compile(recipe="paper", learning_rate=1e-4)`
+    or `compile(decay_exempt="norms_and_biases")`. Both use `SegmentationCrossEntropy` ignoring
+    label 255 (weighted 1 and 0.4 with the auxiliary head, which trains on the same masks) and
+    mean IoU. Standard Keras losses work on the logits, e.g.
     `keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255)`.
 
     Args:
@@ -67,7 +71,8 @@ class HRViTSegmenter(HRViTTask):
 
     config_args = ("num_classes", "head", "head_channels", "dropout", "auxiliary_head")
     presets = SEGMENTER_PRESETS
-    recipe = SEGMENTATION_RECIPE
+    recipes = SEGMENTATION_RECIPES
+    default_recipe = "scratch"
 
     def __init__(
         self,
@@ -142,8 +147,8 @@ class HRViTSegmenter(HRViTTask):
 
     # --- training defaults --------------------------------------------------------------------
 
-    def _default_total_steps(self):
-        return self.recipe["total_steps"]
+    def _default_total_steps(self, recipe):
+        return recipe["total_steps"]
 
     def _auto_schedule(self, total_steps, settings):
         from keras_hrvit.training import WarmupPolyDecay

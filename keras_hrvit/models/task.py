@@ -1,11 +1,11 @@
-"""The base of HRViT's task models: config, presets, and the paper's recipe in `compile()`."""
+"""The base of HRViT's task models: config, presets, and named training recipes in `compile()`."""
 
 import inspect
 
 import keras
 
 from keras_hrvit.models.backbone import HRViTBackbone
-from keras_hrvit.validation import check_positive_int
+from keras_hrvit.validation import check_choice, check_positive_int
 
 
 def _parameters(function):
@@ -30,8 +30,9 @@ class HRViTTask(keras.Model):
     """A functional model on a nested `HRViTBackbone`, as KerasHub's `Task`.
 
     Subclasses build their graph, call `super().__init__(inputs=..., outputs=...)`, list their
-    constructor arguments in `config_args`, and supply the recipe `compile()` sets up by default
-    (`recipe`, `_auto_schedule`, `_auto_optimizer`, `_auto_loss`, `_auto_metrics`). This class
+    constructor arguments in `config_args`, and supply the recipes `compile()` sets up
+    (`recipes`, `default_recipe`, `_auto_schedule`, `_auto_optimizer`, `_auto_loss`,
+    `_auto_metrics`). This class
     owns the config round trip, `from_preset` (built-in names, preset folders, `hf://` and
     `kaggle://` handles) and `save_to_preset`.
     """
@@ -40,8 +41,11 @@ class HRViTTask(keras.Model):
     config_args = ()
     # Built-in preset names -> constructor arguments (subclasses).
     presets = {}
-    # The keyword arguments `compile()` takes for its default optimizer (subclasses).
-    recipe = {}
+    # Named recipes: name -> the keyword arguments of `compile()`'s default optimizer and their
+    # values (subclasses; every recipe of a class has the same keys).
+    recipes = {}
+    # The recipe `compile()` sets up when none is named.
+    default_recipe = None
 
     def get_config(self):
         config = {
@@ -133,54 +137,54 @@ class HRViTTask(keras.Model):
         loss="auto",
         metrics="auto",
         *,
+        recipe=None,
         epochs=None,
         steps_per_epoch=None,
         total_steps=None,
         **kwargs,
     ):
-        """Configures training; with no arguments, the paper's recipe for this task.
+        """Configures training; with no arguments, the task's default recipe.
 
-        `optimizer="auto"` builds AdamW with the paper's parameter groups and learning-rate
-        schedule, run over `total_steps` optimizer steps, or `epochs * steps_per_epoch` (pass
-        the same numbers to `fit`). Given neither, the schedule spans the first `fit` call
-        (its epochs times its steps per epoch), or the paper's own length when `fit` cannot
-        tell its length (a dataset of unknown size without `steps_per_epoch`). Keyword
-        arguments named in the class's `recipe` (e.g. `learning_rate`, `weight_decay`,
-        `decay_exempt`, `warmup_steps`) change that recipe; the rest go to
+        `recipe` names one of the class's `recipes` (default: `default_recipe`; the subclass's
+        docstring says when to use which). `optimizer="auto"` builds that recipe's AdamW,
+        parameter groups and learning-rate schedule, run over `total_steps` optimizer steps, or
+        `epochs * steps_per_epoch` (pass the same numbers to `fit`). Given neither, the schedule
+        spans the first `fit` call (its epochs times its steps per epoch), or the recipe's own
+        length when `fit` cannot tell its length (a dataset of unknown size without
+        `steps_per_epoch`). Keyword arguments named in the recipe (e.g. `learning_rate`,
+        `weight_decay`, `decay_exempt`, `warmup_steps`) change one of its values; the rest go to
         `keras.Model.compile`. `decay_exempt` names the variables without weight decay:
-        `"layer_norms"` (the segmentation recipe's), `"norms"`, `"norms_and_biases"` (the
-        ImageNet recipe's) or `"none"` (see `keras_hrvit.training.decay_exempt_variables`).
+        `"layer_norms"` (the paper's segmentation recipe's), `"norms"`, `"norms_and_biases"`
+        (the ImageNet recipe's) or `"none"` (see `keras_hrvit.training.decay_exempt_variables`).
 
         Example:
         >>> model.compile(epochs=10, steps_per_epoch=100, decay_exempt="norms_and_biases")
         `loss="auto"` and `metrics="auto"` are the task's own (see the class docstring).
         """
-        recipe = {key: kwargs.pop(key) for key in list(kwargs) if key in self.recipe}
-        settings = {**self.recipe, **recipe}
+        name = self.default_recipe if recipe is None else recipe
+        defaults = self.recipes[check_choice("recipe", name, tuple(self.recipes))]
+        changes = {key: kwargs.pop(key) for key in list(kwargs) if key in defaults}
+        settings = {**defaults, **changes}
         for key in _RUN_LENGTH_KEYS:
             settings.pop(key, None)
-        # The recipe in effect, for `_auto_loss` and `_standardize_targets`.
-        self._recipe_settings = dict(settings, auto_loss=_is_auto(loss))
+        # The recipe in effect, for `fit`, `_auto_loss` and `_standardize_targets`.
+        self._recipe_settings = dict(settings, recipe=name, auto_loss=_is_auto(loss))
         self._schedule_from_fit = False
         if optimizer == "auto":
             total_steps = _total_steps(epochs, steps_per_epoch, total_steps)
             self._schedule_from_fit = total_steps is None
-            schedule = self._auto_schedule(total_steps or self._default_total_steps(), settings)
-            optimizer = self._auto_optimizer(schedule, settings)
-        elif recipe or epochs is not None or steps_per_epoch is not None or total_steps:
-            given = sorted(recipe) + [
-                n
-                for n, v in (
-                    ("epochs", epochs),
-                    ("steps_per_epoch", steps_per_epoch),
-                    ("total_steps", total_steps),
+            total_steps = total_steps or self._default_total_steps(defaults)
+            optimizer = self._auto_optimizer(self._auto_schedule(total_steps, settings), settings)
+        else:
+            run_length = {"epochs": epochs, "steps_per_epoch": steps_per_epoch}
+            run_length["total_steps"] = total_steps
+            given = sorted(changes) + [n for n, v in run_length.items() if v is not None]
+            given = ["recipe"] + given if recipe is not None else given
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} configure the default optimizer; pass them with "
+                    "`optimizer='auto'` (or leave them out with your own optimizer)."
                 )
-                if v is not None
-            ]
-            raise ValueError(
-                f"{', '.join(given)} configure the default optimizer; pass them with "
-                "`optimizer='auto'` (or leave them out with your own optimizer)."
-            )
         if _is_auto(loss):
             loss = self._auto_loss()
             kwargs.setdefault("loss_weights", self._auto_loss_weights())

@@ -295,12 +295,13 @@ def train_segmenter(
     distribution=None,
     **recipe,
 ):
-    """`model.compile(...)` with the paper's recipe, then a resumable `model.fit`.
+    """`model.compile(...)` with a recipe of `HRViTSegmenter`, then a resumable `model.fit`.
 
-    The recipe is `HRViTSegmenter.compile()`'s (AdamW groups, heads at 10x, warm-up then poly
-    decay over `epochs * steps_per_epoch` steps, `SegmentationCrossEntropy`, mean IoU);
-    `recipe` keywords (`learning_rate`, `weight_decay`, `decay_exempt`, `head_lr_mult`,
-    `warmup_steps`, `warmup_ratio`, `power`, `beta_1`, `beta_2`, `clipnorm`) change it. This
+    The recipe is `HRViTSegmenter.compile()`'s: `recipe="scratch"` (the default, for random
+    weights) or `"paper"` (to fine-tune a pretrained backbone), its schedule spanning
+    `epochs * steps_per_epoch` steps, `SegmentationCrossEntropy`, mean IoU. The other `recipe`
+    keywords (`learning_rate`, `weight_decay`, `decay_exempt`, `head_lr_mult`, `warmup_steps`,
+    `warmup_ratio`, `power`, `beta_1`, `beta_2`, `clipnorm`) change one value of it. This
     adds what a run needs around `fit`: everything goes to `output_dir`:
     `checkpoints/last.keras` and `checkpoints/best.keras` (by validation mean IoU, else training
     loss) written atomically each epoch, `history.json`, `history.csv` and `training_curves.png`,
@@ -389,11 +390,10 @@ def _check_training_arguments(
     check_positive_int("steps_per_epoch", steps_per_epoch)
     if validation_steps is not None:
         check_positive_int("validation_steps", validation_steps)
-    unknown = sorted(set(recipe) - set(model.recipe))
+    accepted = {"recipe", *model.recipes[model.default_recipe]}
+    unknown = sorted(set(recipe) - accepted)
     if unknown:
-        raise TypeError(
-            f"Unknown recipe arguments {unknown}; the recipe takes {sorted(model.recipe)}."
-        )
+        raise TypeError(f"Unknown recipe arguments {unknown}; the recipe takes {sorted(accepted)}.")
     return steps_per_epoch
 
 

@@ -40,14 +40,15 @@ class WarmupPolyDecay(keras.optimizers.schedules.LearningRateSchedule):
         lr = regular                                   if t >= warmup_steps
         lr = regular * (1 - (1 - t / warmup_steps) * (1 - warmup_ratio))   otherwise
 
-    Steps past `total_steps` stay at `min_lr`.
+    Steps past `total_steps` stay at `min_lr`. With `power=0` the rate stays at `base_lr` after
+    the warm-up (a constant rate, the from-scratch segmentation recipe's).
 
     Args:
         base_lr: Peak learning rate (> 0).
         total_steps: Number of optimizer steps of the whole run (`max_iters`).
         warmup_steps: Linear warm-up length in steps (0 disables warm-up).
         warmup_ratio: Warm-up starts at `warmup_ratio * regular_lr`, in [0, 1].
-        power: Exponent of the poly decay (> 0).
+        power: Exponent of the poly decay (>= 0; 0 for no decay).
         min_lr: Floor of the decay, in [0, base_lr].
 
     Example:
@@ -70,7 +71,7 @@ class WarmupPolyDecay(keras.optimizers.schedules.LearningRateSchedule):
         _check_number("base_lr", base_lr, 0, strict=True)
         _check_steps(total_steps, warmup_steps)
         _check_number("warmup_ratio", warmup_ratio, 0, maximum=1)
-        _check_number("power", power, 0, strict=True)
+        _check_number("power", power, 0)
         _check_number("min_lr", min_lr, 0)
         if min_lr > base_lr:
             raise ValueError(
@@ -87,6 +88,7 @@ class WarmupPolyDecay(keras.optimizers.schedules.LearningRateSchedule):
     def __call__(self, step):
         t = ops.minimum(ops.cast(step, "float32"), float(self.total_steps))
         # Clamping above keeps the base of the power >= 0, so fractional powers never give NaN.
+        # Power 0 gives 1 everywhere, 0 ** 0 included, on every backend.
         coeff = ops.power(1.0 - t / float(self.total_steps), self.power)
         regular = (self.base_lr - self.min_lr) * coeff + self.min_lr
         if self.warmup_steps == 0:
