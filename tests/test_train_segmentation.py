@@ -76,6 +76,10 @@ def test_cli_run_writes_checkpoints_history_curves_and_model(trained_run):
     # Loads after `import keras_hrvit` alone, optimizer and schedule included.
     model = keras.saving.load_model(trained_run / "model.keras")
     assert model.num_classes == 5 and model.optimizer.built
+    # The default recipe, "scratch", with the run's --lr 1e-3 and 2 warm-up steps: one rate.
+    schedule = model.optimizer._learning_rate
+    assert (schedule.base_lr, schedule.warmup_steps, schedule.power) == (1e-3, 2, 0.0)
+    assert not model.optimizer.lr_multipliers
     logits = model.predict(np.zeros((1, 64, 64, 3), "uint8"), verbose=0)
     assert logits.shape == (1, 64, 64, 5)
 
@@ -162,16 +166,24 @@ def test_interrupted_run_resumes_schedule_and_epochs(micro_presets, tmp_path, mo
 
 
 def test_upernet_auxiliary_head_trains_one_step(micro_presets, tmp_path):
-    extra = ["--head", "upernet", "--head-channels", "16", "--no-validation"]
+    extra = ["--head", "upernet", "--head-channels", "16", "--no-validation", "--recipe", "paper"]
     argv = _train_argv(tmp_path, epochs=1, steps=1, model="test_micro", extra=extra)
     assert train.main(argv) == 0
     record = _records(tmp_path)[-1]
     # Two outputs: Keras prefixes the main head's metric with its output name.
     assert "logits_mean_iou" in record and np.isfinite(record["loss"])
     assert "auxiliary_logits_loss" in record
-    model = keras.saving.load_model(tmp_path / "model.keras", compile=False)
+    model = keras.saving.load_model(tmp_path / "model.keras")
     assert len(model.outputs) == 2
     assert seg.mean_iou_key(model) == "val_logits_mean_iou"
+    # --recipe paper: both heads at 10x, the paper's poly decay, at the run's --lr.
+    heads = {path.split("/")[0] for path in model.optimizer.lr_multipliers}
+    assert heads == {"decode_head", "auxiliary_head"}
+    assert set(model.optimizer.lr_multipliers.values()) == {10.0}
+    assert (model.optimizer._learning_rate.base_lr, model.optimizer._learning_rate.power) == (
+        1e-3,
+        1.0,
+    )
 
 
 # --- argument checks and helpers (no training) ---------------------------------------------------

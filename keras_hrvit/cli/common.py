@@ -35,6 +35,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     >>> argparse.ArgumentParser(formatter_class=HelpFormatter, epilog=examples_epilog("..."))
     """
 
+    def _get_help_string(self, action):
+        # An option without a default value says in its help what happens when it is left out.
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
 
 def wrap_description(text, width=79):
     """`text` filled to `width` columns, for a parser whose formatter keeps line breaks.

@@ -314,10 +314,19 @@ def _add_optimization_arguments(group):
         default="scratch",
         help="scratch: for random weights; paper: the paper's, to fine-tune a pretrained backbone",
     )
-    group.add_argument("--lr", type=finite_float, help="peak learning rate (the recipe's)")
-    group.add_argument("--weight-decay", type=finite_float, help="AdamW weight decay (recipe's)")
-    group.add_argument("--head-lr-mult", type=finite_float, help="head lr multiplier (recipe's)")
-    group.add_argument("--warmup-steps", type=int, help="linear warm-up steps (the recipe's)")
+    recipe_values = {
+        "--lr": ("learning_rate", "peak learning rate"),
+        "--weight-decay": ("weight_decay", "AdamW weight decay"),
+        "--head-lr-mult": ("head_lr_mult", "learning-rate multiplier of the heads"),
+        "--warmup-steps": ("warmup_steps", "linear warm-up steps"),
+    }
+    for option, (key, text) in recipe_values.items():
+        values = ", ".join(f"{r[key]:g} {name}" for name, r in SEGMENTATION_RECIPES.items())
+        group.add_argument(
+            option,
+            type=int if key == "warmup_steps" else finite_float,
+            help=f"{text} (default: the recipe's: {values})",
+        )
     group.add_argument("--clipnorm", type=finite_float, default=None, help="gradient norm clipping")
     add_compile_arguments(group)
     add_distribution_argument(group)
