@@ -7,9 +7,12 @@ table and writes JSON. Report ratios from one run; absolute times only from a GP
     python benchmarks/bench.py --peer  # adds KerasHub's SegFormer MiT-B1 backbone (keras-hub)
     python benchmarks/bench.py --original  # adds the original PyTorch code's eager forward
     python benchmarks/bench.py --measure train --tasks segmenter --remat off on --backends torch
+    python benchmarks/bench.py --sizes 256 512 768 1024 1024x2048 --window 1024 768 --peer \
+        --original --modes default --plot benchmarks/results/growth.png  # how cost grows
 """
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -70,10 +73,11 @@ def _run_original(args):
 
     model = build_original(args.model[len("original_") :]).eval()
     images = torch.rand(args.batch, 3, args.size[0], args.size[1])
+    tiles = [images[:, :, y : y + h, x : x + w] for y, x, h, w in _windows(args)]
 
     def forward():
         with torch.no_grad():
-            return model(images)
+            return [model(tile) for tile in tiles]
 
     result = {
         "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -81,6 +85,24 @@ def _run_original(args):
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     print("RESULT " + json.dumps(result))
+
+
+def _windows(args):
+    """`(y, x, height, width)` of each window: the whole image, or MMSegmentation's `slide`
+    inference crops (`--window CROP STRIDE`: a grid of CROPxCROP windows STRIDE apart, the last
+    row and column moved back inside the image)."""
+    height, width = args.size
+    if args.window == "whole":
+        return [(0, 0, height, width)]
+    crop, stride = (int(v) for v in args.window.split("/"))
+    rows = max(height - crop + stride - 1, 0) // stride + 1
+    cols = max(width - crop + stride - 1, 0) // stride + 1
+    windows = []
+    for row in range(rows):
+        for col in range(cols):
+            y, x = max(min(row * stride, height - crop), 0), max(min(col * stride, width - crop), 0)
+            windows.append((y, x, min(crop, height), min(crop, width)))
+    return windows
 
 
 def run_one(args):
@@ -92,8 +114,11 @@ def run_one(args):
     if args.precision != "float32":
         keras.mixed_precision.set_global_policy(args.precision)
     size = tuple(args.size)
-    model = _build(args.model, args.task, size, remat=args.remat == "on")
+    windows = _windows(args)
+    model_size = windows[0][2:]  # the whole image, or the sliding window's crop
+    model = _build(args.model, args.task, model_size, remat=args.remat == "on")
     images = np.random.rand(args.batch, size[0], size[1], 3).astype("float32")
+    tiles = [images[:, y : y + h, x : x + w] for y, x, h, w in windows]
     # "default" is what `model.compile()` picks: XLA on JAX, a tf.function graph (no XLA) on a
     # CPU-only TensorFlow, eager PyTorch; "compiled" forces `jit_compile=True` everywhere.
     jit_compile = {"eager": False, "default": "auto", "compiled": True}[args.mode]
@@ -102,13 +127,16 @@ def run_one(args):
         if args.mode != "eager":
             model.compile(jit_compile=jit_compile)
             result["jit_compile"] = bool(model.jit_compile)
-            fn = lambda: model.predict_on_batch(images)  # noqa: E731
+            fn = lambda: [model.predict_on_batch(tile) for tile in tiles]  # noqa: E731
         else:
-            fn = lambda: keras.ops.convert_to_numpy(  # noqa: E731
-                keras.tree.flatten(model(images, training=False))[0]
-            )
+            fn = lambda: [  # noqa: E731
+                keras.ops.convert_to_numpy(keras.tree.flatten(model(tile, training=False))[0])
+                for tile in tiles
+            ]
         result["latency_ms"] = 1000 * _time(fn, args.warmup, args.repeats)
     else:
+        if len(tiles) > 1:
+            raise ValueError("--window measures inference only")
         from keras_hrvit.losses import SegmentationCrossEntropy
 
         labels = np.random.randint(0, 150, (args.batch,) + size).astype("int32")
@@ -158,14 +186,21 @@ def main():
         "--original", action="store_true",
         help="also run the original PyTorch implementation (eager, inference, backbone, float32)",
     )  # fmt: skip
+    parser.add_argument(
+        "--window", nargs=2, type=int, metavar=("CROP", "STRIDE"),
+        help="also time sliding-window inference (MMSegmentation's slide mode) at every size "
+        "larger than CROP, e.g. 1024 768 as the Cityscapes configs",
+    )  # fmt: skip
+    parser.add_argument("--plot", help="PNG of latency and peak memory against image size")
     parser.add_argument("--out", default="benchmarks/results.json")
     parser.add_argument("--timeout", type=int, default=1800)
-    parser.add_argument("--_one", nargs=8, help=argparse.SUPPRESS)
+    parser.add_argument("--_one", nargs=9, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args._one:
-        backend, model, task, size, mode, precision, measure, remat = args._one
+        backend, model, task, size, mode, precision, measure, remat, window = args._one
         one = argparse.Namespace(
+            window=window,
             model=model,
             task=task,
             size=[int(s) for s in size.split("x")],
@@ -180,27 +215,7 @@ def main():
         run_one(one)
         return
 
-    models = list(args.models) + (["mit_b1"] if args.peer else [])
-    configs = []
-    for measure in args.measure:
-        for size in args.sizes:
-            hw = size if "x" in size else f"{size}x{size}"
-            if args.original and measure == "inference":
-                # The original code runs one way: eager PyTorch, float32.
-                for model in args.models:
-                    original = model.replace("hrvit_", "original_")
-                    configs.append(
-                        ("torch", original, "backbone", hw, "eager", "float32", measure, "off")
-                    )
-            for model in models:
-                for task in args.tasks:
-                    for backend in args.backends:
-                        for mode in args.modes:
-                            for precision in args.precisions:
-                                for remat in args.remat if model != "mit_b1" else ["off"]:
-                                    configs.append(
-                                        (backend, model, task, hw, mode, precision, measure, remat)
-                                    )
+    configs = _configs(args)
     runs = [[] for _ in configs]
     for r in range(args.rounds):
         if args.rounds > 1:
@@ -214,22 +229,64 @@ def main():
         for row in rows:
             _print_row(row)
     ratios = _ratios(rows)
+    growth = _growth(rows)
+    if growth:
+        print("\nlatency growth with the image's pixels (whole image): latency ~ pixels^k")
+        for g in growth:
+            print(f"{g['backend']:10} {g['model']:11} {g['task']:9} {g['mode']:8} "
+                  f"k = {g['exponent']:.2f} over {', '.join(g['sizes'])}")  # fmt: skip
+    if args.plot:
+        _plot(rows, args.plot)
+        print(f"Wrote {args.plot}")
     if ratios:
         print("\nspeed-up (their latency / ours; > 1 is faster), same run")
         for r in ratios:
             print(f"{r['backend']:10} {r['model']:11} {r['size']:9} {r['mode']:8} "
                   f"vs {r['against']:11} {r['speedup']:6.2f}x")  # fmt: skip
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
+    # Written under a temporary name, then renamed: a killed run leaves the last JSON whole.
+    with open(args.out + ".tmp", "w") as f:
         json.dump(
             {"machine": os.uname().nodename, "cpus": os.cpu_count(), "rows": rows,
-             "ratios": ratios},
+             "ratios": ratios, "growth": growth},
             f, indent=2,
         )  # fmt: skip
+    os.replace(args.out + ".tmp", args.out)
     print(f"\nWrote {args.out}")
 
 
-def _spawn(args, backend, model, task, size, mode, precision, measure, remat):
+def _configs(args):
+    """Every (backend, model, task, size, mode, precision, measure, remat, window) to run."""
+    models = list(args.models) + (["mit_b1"] if args.peer else [])
+    configs = []
+    for measure in args.measure:
+        for size in args.sizes:
+            hw = size if "x" in size else f"{size}x{size}"
+            windows = ["whole"]
+            if args.window and measure == "inference":
+                crop, stride = args.window
+                if max(int(v) for v in hw.split("x")) > crop:
+                    windows.append(f"{crop}/{stride}")
+            for window in windows:
+                if args.original and measure == "inference":
+                    # The original code runs one way: eager PyTorch, float32.
+                    for model in args.models:
+                        original = model.replace("hrvit_", "original_")
+                        configs.append(
+                            ("torch", original, "backbone", hw, "eager", "float32", measure, "off",
+                             window)
+                        )  # fmt: skip
+                for model, task, backend, mode, precision in itertools.product(
+                    models, args.tasks, args.backends, args.modes, args.precisions
+                ):
+                    for remat in args.remat if model != "mit_b1" else ["off"]:
+                        configs.append(
+                            (backend, model, task, hw, mode, precision, measure, remat, window)
+                        )
+    return configs
+
+
+def _spawn(args, backend, model, task, size, mode, precision, measure, remat, window):
     env = dict(
         os.environ,
         KERAS_BACKEND=backend,
@@ -254,6 +311,7 @@ def _spawn(args, backend, model, task, size, mode, precision, measure, remat):
         precision,
         measure,
         remat,
+        window,
     ]
     row = {
         "backend": backend,
@@ -264,6 +322,7 @@ def _spawn(args, backend, model, task, size, mode, precision, measure, remat):
         "precision": precision,
         "measure": measure,
         "remat": remat,
+        "window": window,
         "batch": args.batch,
     }
     try:
@@ -285,7 +344,7 @@ def _ratios(rows):
     """Each float32 HRViT backbone latency against the original's eager forward (same model and
     size) and against MiT-B1 (same backend, size and mode)."""
     latency = {
-        (r["backend"], r["model"], r["task"], r["size"], r["mode"], r["precision"], r["remat"]):
+        (r["backend"], r["model"], r["task"], _where(r), r["mode"], r["precision"], r["remat"]):
         r["latency_ms"]
         for r in rows if r.get("latency_ms") and r["measure"] == "inference"
     }  # fmt: skip
@@ -302,6 +361,76 @@ def _ratios(rows):
                     "against": against, "speedup": latency[key + ("off",)] / ours,
                 })  # fmt: skip
     return ratios
+
+
+def _where(row):
+    """The row's image size, and its sliding window if any: `1024x2048 slide 1024/768`."""
+    window = row.get("window", "whole")
+    return row["size"] if window == "whole" else f"{row['size']} slide {window}"
+
+
+def _pixels(size):
+    height, width = (int(v) for v in size.split("x"))
+    return height * width
+
+
+def _growth(rows):
+    """The exponent k of latency ~ pixels^k, a least-squares line in log-log, for each whole-image
+    inference configuration measured at three sizes or more."""
+    series = {}
+    for r in rows:
+        if r.get("latency_ms") and r["measure"] == "inference" and r.get("window") == "whole":
+            key = (r["backend"], r["model"], r["task"], r["mode"], r["precision"], r["remat"])
+            series.setdefault(key, []).append((r["size"], r["latency_ms"]))
+    growth = []
+    for (backend, model, task, mode, precision, remat), points in series.items():
+        if len({_pixels(size) for size, _ in points}) < 3:
+            continue
+        x = np.log([_pixels(size) for size, _ in points])
+        y = np.log([latency for _, latency in points])
+        exponent = float(np.polyfit(x, y, 1)[0])
+        growth.append({
+            "backend": backend, "model": model, "task": task, "mode": mode,
+            "precision": precision, "remat": remat, "exponent": exponent,
+            "sizes": [size for size, _ in points],
+        })  # fmt: skip
+    return growth
+
+
+def _plot(rows, path):
+    """Latency and peak memory against megapixels, log-log, one line per backend and model;
+    sliding-window points as crosses at the size of the whole image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (speed, memory) = plt.subplots(1, 2, figsize=(11, 4.2))
+    lines = {}
+    for r in rows:
+        if r.get("latency_ms") and r["measure"] == "inference":
+            key = (r["backend"], r["model"], r["task"], r["mode"], r.get("window") != "whole")
+            lines.setdefault(key, []).append(r)
+    for (backend, model, task, mode, slide), points in sorted(lines.items()):
+        points.sort(key=lambda r: _pixels(r["size"]))
+        megapixels = [_pixels(r["size"]) / 1e6 for r in points]
+        label = f"{model} {task} ({backend}, {mode})" + (", sliding window" if slide else "")
+        style = dict(marker="x" if slide else "o", linestyle="none" if slide else "-")
+        speed.plot(megapixels, [r["latency_ms"] for r in points], label=label, **style)
+        memory.plot(megapixels, [r["peak_rss_mb"] for r in points], label=label, **style)
+    for axis, title in ((speed, "latency (ms)"), (memory, "peak RSS of the process (MB)")):
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("image megapixels")
+        axis.set_title(title)
+        axis.grid(True, which="both", alpha=0.3)
+    speed.legend(fontsize=7)
+    figure.tight_layout()
+    # Written under a temporary name, then renamed: a killed run leaves no half-written PNG.
+    temporary = path + ".tmp.png"
+    figure.savefig(temporary, dpi=120)
+    plt.close(figure)
+    os.replace(temporary, path)
 
 
 def _median_row(runs):
@@ -324,7 +453,7 @@ def _print_row(row):
     digits = 1 if unit == "ms" else 3
     shown = f"{value:9.{digits}f} {unit}" if value else f"error: {row.get('error')}"
     print(
-        f"{row['backend']:10} {row['model']:11} {row['task']:9} {row['size']:9} {row['mode']:8} "
+        f"{row['backend']:10} {row['model']:11} {row['task']:9} {_where(row):9} {row['mode']:8} "
         f"{row['precision']:14} remat {row['remat']:3} {shown:>14}  "
         f"rss {row.get('peak_rss_mb', 0):7.0f} MB"
     )
