@@ -71,19 +71,26 @@ def _run_original(args):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from original_torch import build_original
 
-    model = build_original(args.model[len("original_") :]).eval()
-    images = torch.rand(args.batch, 3, args.size[0], args.size[1])
+    # On the GPU when there is one, as the Keras backends place themselves.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = build_original(args.model[len("original_") :]).eval().to(device)
+    images = torch.rand(args.batch, 3, args.size[0], args.size[1], device=device)
     tiles = [images[:, :, y : y + h, x : x + w] for y, x, h, w in _windows(args)]
 
     def forward():
         with torch.no_grad():
-            return [model(tile) for tile in tiles]
+            outputs = [model(tile) for tile in tiles]
+        if device == "cuda":
+            torch.cuda.synchronize()  # kernels run asynchronously: time them to the end
+        return outputs
 
     result = {
         "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "latency_ms": 1000 * _time(forward, args.warmup, args.repeats),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+    if device == "cuda":
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     print("RESULT " + json.dumps(result))
 
 
