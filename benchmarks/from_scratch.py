@@ -187,6 +187,27 @@ def run(name, seed, epochs, size):
     return record
 
 
+def overfit_one_batch(name, steps=300, size=64):
+    """The training loss of `name` fit on one batch of 16 training images: a model whose loss
+    does not fall here has a broken training path, not a hard task. Returns the losses."""
+    import keras
+
+    variant = VARIANTS[name]
+    keras.utils.set_random_seed(0)
+    images, masks = texture_mosaics("train", size=size)
+    images, masks = images[:16], masks[:16]
+    if variant.get("model_family") == "segformer":
+        images = (images - IMAGENET_MEAN) / IMAGENET_STD
+    model = build(variant, size)
+    compile_model(model, variant, steps)
+    losses = []
+    for step in range(steps + 1):
+        losses.append(float(model.train_on_batch(images, masks)))
+        if step % 50 == 0:
+            print(f"  {name} one batch, step {step}: loss {losses[-1]:.4f}", flush=True)
+    return losses
+
+
 def _batches(images, masks, batch_size, seed):
     """One tf.data pipeline for both models (KerasHub's `fit` turns arrays into an unshuffled
     dataset), reshuffled every epoch."""
@@ -245,7 +266,14 @@ def main(argv=None):
     parser.add_argument(
         "--table", nargs="+", metavar="JSON", help="print the table of these results files"
     )
+    parser.add_argument(
+        "--overfit", choices=list(VARIANTS), help="only fit this run on one batch, 300 steps"
+    )
     args = parser.parse_args(argv)
+    if args.overfit:
+        sys.path.insert(0, ROOT)
+        overfit_one_batch(args.overfit, size=args.size)
+        return
     if args.table:
         runs = {key: r for path in args.table for key, r in load(path)["runs"].items()}
         print(table({"runs": runs}))
