@@ -32,9 +32,8 @@ class HRViTTask(keras.Model):
     Subclasses build their graph, call `super().__init__(inputs=..., outputs=...)`, list their
     constructor arguments in `config_args`, and supply the recipes `compile()` sets up
     (`recipes`, `default_recipe`, `_auto_schedule`, `_auto_optimizer`, `_auto_loss`,
-    `_auto_metrics`). This class
-    owns the config round trip, `from_preset` (built-in names, preset folders, `hf://` and
-    `kaggle://` handles) and `save_to_preset`.
+    `_auto_metrics`). This class owns the config round trip, `from_preset` (built-in names,
+    preset folders, `hf://` and `kaggle://` handles) and `save_to_preset`.
     """
 
     # Constructor arguments besides `backbone`, read back from attributes of the same name.
@@ -176,8 +175,11 @@ class HRViTTask(keras.Model):
             total_steps = total_steps or self._default_total_steps(defaults)
             optimizer = self._auto_optimizer(self._auto_schedule(total_steps, settings), settings)
         else:
-            run_length = {"epochs": epochs, "steps_per_epoch": steps_per_epoch}
-            run_length["total_steps"] = total_steps
+            run_length = {
+                "epochs": epochs,
+                "steps_per_epoch": steps_per_epoch,
+                "total_steps": total_steps,
+            }
             given = sorted(changes) + [n for n, v in run_length.items() if v is not None]
             given = ["recipe"] + given if recipe is not None else given
             if given:
