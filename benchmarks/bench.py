@@ -30,23 +30,12 @@ def _build(name, task, size, remat=False):
 
     shape = (size[0], size[1], 3)
     if name == "mit_b1":
-        import keras_hub
+        from peers import MIT_B1, mit_backbone, segformer_backbone
 
-        # MiT-B1 as in SegFormer: widths 64/128/320/512, depths 2/2/2/2.
-        backbone = keras_hub.models.MiTBackbone(
-            layerwise_depths=[2, 2, 2, 2],
-            num_layers=4,
-            layerwise_num_heads=[1, 2, 5, 8],
-            layerwise_sr_ratios=[8, 4, 2, 1],
-            max_drop_path_rate=0.1,
-            layerwise_patch_sizes=[7, 3, 3, 3],
-            layerwise_strides=[4, 2, 2, 2],
-            hidden_dims=[64, 128, 320, 512],
-            image_shape=shape,
-        )
+        backbone = mit_backbone(**MIT_B1, image_shape=shape, drop_path_rate=0.1)
         if task == "backbone":
             return backbone
-        return keras_hub.models.SegFormerBackbone(image_encoder=backbone, projection_filters=256)
+        return segformer_backbone(backbone, projection_filters=256)
     backbone = keras_hrvit.HRViTBackbone.from_preset(name, input_shape=shape, remat=remat)
     if task == "backbone":
         return backbone

@@ -78,19 +78,10 @@ def build(variant, size):
 
     if variant.get("model_family") == "segformer":
         import keras_hub
+        from peers import MIT_TINY, mit_backbone, segformer_backbone
 
-        encoder = keras_hub.models.MiTBackbone(
-            layerwise_depths=[2, 2, 2, 2],
-            num_layers=4,
-            layerwise_num_heads=[1, 2, 3, 4],
-            layerwise_sr_ratios=[8, 4, 2, 1],
-            max_drop_path_rate=0.0,
-            layerwise_patch_sizes=[7, 3, 3, 3],
-            layerwise_strides=[4, 2, 2, 2],
-            hidden_dims=[16, 32, 48, 64],
-            image_shape=(size, size, 3),
-        )
-        backbone = keras_hub.models.SegFormerBackbone(image_encoder=encoder, projection_filters=64)
+        encoder = mit_backbone(**MIT_TINY, image_shape=(size, size, 3))
+        backbone = segformer_backbone(encoder, projection_filters=64)
         return keras_hub.models.SegFormerImageSegmenter(backbone, num_classes=NUM_CLASSES)
     import keras_hrvit
 
