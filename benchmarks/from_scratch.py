@@ -31,6 +31,7 @@ DEFAULT_OUTPUT = os.path.join(ROOT, "benchmarks", "results", "from_scratch.json"
 IMAGENET_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
 IMAGENET_STD = np.array([58.395, 57.12, 57.375], np.float32)
 
+BATCH_SIZE = 16
 # The issue's setting: a plain constant-rate AdamW on every variable, batch 16.
 PLAIN = {"optimizer": "plain", "learning_rate": 2e-3, "weight_decay": 0.01}
 # What each run changes of `base`. `model` keys go to HRViTSegmenter.from_preset;
@@ -38,7 +39,9 @@ PLAIN = {"optimizer": "plain", "learning_rate": 2e-3, "weight_decay": 0.01}
 # `bn_momentum` every BatchNorm's momentum; `decay_exempt` and `head_lr_mult` build the AdamW with
 # `keras_hrvit.training.build_adamw`'s parameter groups; `warmup_steps` puts a linear warm-up
 # then a linear decay (`WarmupPolyDecay`) on the learning rate; with `optimizer="auto"`,
-# `compile` holds the arguments of HRViTSegmenter.compile() (its recipe's keywords).
+# `compile` holds the arguments of HRViTSegmenter.compile() (its recipe's keywords);
+# `inputs="unit"` feeds pixels scaled to [0, 1] to a model without its in-graph ImageNet
+# normalization; `batch_size` changes the batch at equal steps (fewer images seen).
 VARIANTS = {
     "peer": {"model_family": "segformer", **PLAIN},
     "peer_lr_5e-4": {"model_family": "segformer", **PLAIN, "learning_rate": 5e-4},
@@ -54,6 +57,7 @@ VARIANTS = {
     "attention_norm_ones": {**PLAIN, "attention_norm_init": 1.0},
     "bn_momentum_0.99": {**PLAIN, "bn_momentum": 0.99},
     "batch_8": {**PLAIN, "batch_size": 8},
+    "inputs_0_1": {**PLAIN, "inputs": "unit", "model": {"include_preprocessing": False}},
     "head_128": {**PLAIN, "model": {"head_channels": 128}},
     "drop_path_0.1": {**PLAIN, "model": {"drop_path_rate": 0.1}},
     # The paper recipe's schedule and decay rule at base's rate: warm-up, then linear decay.
@@ -141,6 +145,16 @@ def mean_iou(model, images, masks, batch_size=32):
     return float(np.mean(intersection[union > 0] / union[union > 0]))
 
 
+def model_inputs(variant, images):
+    """The 0-255 `images` as the variant's model takes them."""
+    if variant.get("model_family") == "segformer":
+        # KerasHub's MiT takes normalized inputs; HRViT normalizes raw pixels in its graph.
+        return (images - IMAGENET_MEAN) / IMAGENET_STD
+    if variant.get("inputs") == "unit":
+        return images / 255.0
+    return images
+
+
 def run(name, seed, epochs, size):
     import keras
 
@@ -148,13 +162,12 @@ def run(name, seed, epochs, size):
     keras.utils.set_random_seed(seed)
     images, masks = texture_mosaics("train", size=size)
     val_images, val_masks = texture_mosaics("val", size=size)
-    if variant.get("model_family") == "segformer":
-        # KerasHub's MiT takes normalized inputs; HRViT normalizes raw pixels in its graph.
-        images = (images - IMAGENET_MEAN) / IMAGENET_STD
-        val_images = (val_images - IMAGENET_MEAN) / IMAGENET_STD
+    images, val_images = model_inputs(variant, images), model_inputs(variant, val_images)
     model = build(variant, size)
-    batch_size = variant.get("batch_size", 16)
-    steps = epochs * -(-len(images) // batch_size)
+    batch_size = variant.get("batch_size", BATCH_SIZE)
+    # Every run takes the steps of `epochs` passes at BATCH_SIZE, whatever its own batch size.
+    steps_per_epoch = -(-len(images) // BATCH_SIZE)
+    steps = epochs * steps_per_epoch
     compile_model(model, variant, steps)
     record = {"val_miou": [], "loss": [], "parameters": model.count_params()}
 
@@ -169,8 +182,15 @@ def run(name, seed, epochs, size):
             )
 
     start = time.perf_counter()
+    data = _batches(images, masks, batch_size, seed)
+    if batch_size != BATCH_SIZE:
+        data = data.repeat()
     model.fit(
-        _batches(images, masks, batch_size, seed), epochs=epochs, verbose=0, callbacks=[Evaluate()]
+        data,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch if batch_size != BATCH_SIZE else None,
+        verbose=0,
+        callbacks=[Evaluate()],
     )
     record["seconds"] = time.perf_counter() - start
     record["steps"] = steps
@@ -186,9 +206,7 @@ def overfit_one_batch(name, steps=300, size=64):
     variant = VARIANTS[name]
     keras.utils.set_random_seed(0)
     images, masks = texture_mosaics("train", size=size)
-    images, masks = images[:16], masks[:16]
-    if variant.get("model_family") == "segformer":
-        images = (images - IMAGENET_MEAN) / IMAGENET_STD
+    images, masks = model_inputs(variant, images[:16]), masks[:16]
     model = build(variant, size)
     compile_model(model, variant, steps)
     losses = []
