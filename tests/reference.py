@@ -79,6 +79,17 @@ def fast_compile_kwargs():
     return {"jit_compile": "auto"}
 
 
+# As in `make test`: XLA compiles several times faster at optimization level 0 with its older
+# loop emitters, and tests need no speed.
+FAST_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
+
+
+def with_fast_xla_flags(flags):
+    """`flags` (a list of XLA flags) plus each of FAST_XLA_FLAGS that it does not set."""
+    names = {f.split("=")[0] for f in flags}
+    return list(flags) + [f for f in FAST_XLA_FLAGS if f.split("=")[0] not in names]
+
+
 def fast_compile_flags():
     """`fast_compile_kwargs` as training CLI flags."""
     return ["--run-eagerly"] if fast_compile_kwargs().get("run_eagerly") else []

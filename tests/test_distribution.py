@@ -36,7 +36,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from distribution_worker import LEARNING_RATE, MICRO_SEGMENTER, STEPS
-from reference import MICRO_CONFIG
+from reference import MICRO_CONFIG, with_fast_xla_flags
 
 import keras_hrvit
 from keras_hrvit import presets
@@ -78,10 +78,7 @@ def _worker(backend, task, tmp_path, *args, timeout=900):
         flags = env.get("XLA_FLAGS", "").split()
         flags = [f for f in flags if not f.startswith("--xla_force_host_platform_device_count")]
         flags.append("--xla_force_host_platform_device_count=2")
-        if not any(f.startswith("--xla_backend_optimization_level") for f in flags):
-            # As in `make test`: XLA compiles about three times faster, tests need no speed.
-            flags.append("--xla_backend_optimization_level=0")
-        env["XLA_FLAGS"] = " ".join(flags)
+        env["XLA_FLAGS"] = " ".join(with_fast_xla_flags(flags))
     output = tmp_path / f"{task}_{backend}.json"
     proc = subprocess.run(
         [sys.executable, WORKER, task, str(output), *args],

@@ -3,9 +3,10 @@
 import keras
 import numpy as np
 import pytest
-from reference import fast_compile_kwargs, micro_backbone, tiny_backbone
+from reference import MICRO_CONFIG, fast_compile_kwargs, micro_backbone, tiny_backbone
 
 import keras_hrvit
+from keras_hrvit import presets
 
 # Training mode on JAX is checked against the original (outputs, gradients, BatchNorm
 # statistics) by tests/test_train_reference.py; this fit costs CI a minute of XLA there.
@@ -48,7 +49,7 @@ def test_pyramid_outputs_name_the_four_levels():
 )
 def test_parameter_counts_match_the_original(preset, backbone_count, classifier_count):
     classifier = keras_hrvit.HRViTClassifier(preset, classes=1000)
-    assert _count(keras_hrvit.HRViTBackbone.from_preset(preset)) == backbone_count
+    assert _count(classifier.backbone) == backbone_count
     assert _count(classifier) == classifier_count
 
 
@@ -158,11 +159,15 @@ def test_weights_of_another_variant_are_a_clear_error(tmp_path):
         keras_hrvit.HRViTB1(weights=str(tmp_path / "no.weights.h5"))
 
 
-def test_variant_functions_take_a_preset_folder_as_weights(tmp_path):
-    model = keras_hrvit.HRViTB1(weights=None, classes=3)
+def test_variant_functions_take_a_preset_folder_as_weights(tmp_path, monkeypatch):
+    # HRViTB1 on the micro configuration: the same code path at a fraction of b1's build time.
+    monkeypatch.setitem(presets.BACKBONE_PRESETS, "hrvit_b1", dict(MICRO_CONFIG))
+    model = keras_hrvit.HRViTB1(weights=None, classes=3, head_channels=(4, 4, 4, 4))
     for variable in model.weights[:3]:
         variable.assign(np.full(variable.shape, 0.5, "float32"))
     model.save_to_preset(tmp_path / "b1")
-    loaded = keras_hrvit.HRViTB1(weights=str(tmp_path / "b1"), classes=3)
+    loaded = keras_hrvit.HRViTB1(
+        weights=str(tmp_path / "b1"), classes=3, head_channels=(4, 4, 4, 4)
+    )
     for a, b in zip(model.get_weights(), loaded.get_weights()):
         np.testing.assert_array_equal(a, b)

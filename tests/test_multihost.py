@@ -38,6 +38,7 @@ import time
 import numpy as np
 import pytest
 from distribution_worker import STEPS
+from reference import with_fast_xla_flags
 from test_distribution import assert_equivalent
 
 pytestmark = pytest.mark.slow
@@ -72,9 +73,7 @@ def _env(backend):
         if not f.startswith(("--xla_force_host_platform_device_count", "--xla_cpu_multi_thread"))
     ]
     flags.append("--xla_cpu_multi_thread_eigen=false")
-    if not any(f.startswith("--xla_backend_optimization_level") for f in flags):
-        flags.append("--xla_backend_optimization_level=0")
-    env["XLA_FLAGS"] = " ".join(flags)
+    env["XLA_FLAGS"] = " ".join(with_fast_xla_flags(flags))
     return env
 
 

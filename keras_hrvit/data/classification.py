@@ -40,6 +40,7 @@ from keras_hrvit.data.classification_sources import (
     load_image_folder,
     load_tfds_classification,
 )
+from keras_hrvit.data.graph_map import graph_map
 from keras_hrvit.data.randaugment import (
     _RANDAUGMENT_FILL,  # noqa: F401  (tests reach it through this module)
     RANDAUGMENT_OPS,
@@ -292,7 +293,7 @@ def classification_train_pipeline(
     if seed is not None:
         check_number("seed", seed, 0, integer=True)
 
-    ds = ds.map(_image_label, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = graph_map(ds, _image_label, num_parallel_calls=tf.data.AUTOTUNE)
     if shuffle_buffer_size:
         ds = ds.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
     # One stateless seed per image keeps the parallel map reproducible; fresh each epoch.
@@ -301,12 +302,12 @@ def classification_train_pipeline(
     per_image = _train_image_transform(
         num_classes, image_size, scale, ratio, interpolation, hflip, augment, label_smoothing
     )
-    ds = ds.map(per_image, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = graph_map(ds, per_image, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     per_batch = _batch_augmentation(random_erasing, mixup_alpha, cutmix_alpha, switch_prob, seed)
     # Sequential: the Keras layers keep their random state in variables, so a parallel map would
     # make seeded runs order-dependent. Batch-level work is small next to the per-image map.
-    ds = ds.map(per_batch)
+    ds = graph_map(ds, per_batch)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -464,7 +465,7 @@ def classification_eval_pipeline(
         image = resize_center_crop(image, image_size, crop_pct, interpolation)
         return image, _one_hot(label, num_classes, 0.0)
 
-    ds = ds.map(per_image, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = graph_map(ds, per_image, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
 

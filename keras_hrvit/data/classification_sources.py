@@ -18,6 +18,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
+from keras_hrvit.data.graph_map import graph_map
 from keras_hrvit.validation import check_positive_int
 
 EMBEDDED_CLASSES = (
@@ -268,7 +269,7 @@ def load_tfds_classification(
         image = _as_rgb(tf.cast(example[image_key], tf.uint8))
         return image, tf.cast(example[label_key], tf.int32)
 
-    return ds.map(to_pair, num_parallel_calls=tf.data.AUTOTUNE), class_names
+    return graph_map(ds, to_pair, num_parallel_calls=tf.data.AUTOTUNE), class_names
 
 
 _SIGNATURES = (
@@ -327,7 +328,7 @@ def load_image_folder(directory, class_names=None, shuffle=False, seed=None, ver
         image.set_shape([None, None, 3])
         return image, label
 
-    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = graph_map(ds, decode, num_parallel_calls=tf.data.AUTOTUNE)
     # Files that pass the header check but are truncated fail here; drop them, don't crash.
     return ds.ignore_errors(log_warning=True), class_names
 

@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
+from keras_hrvit.data.graph_map import graph_map
 from keras_hrvit.data.segmentation import IGNORE_LABEL
 
 ADE20K_CLASSES = (
@@ -409,7 +410,7 @@ def load_tfds_segmentation(
             mask = _reduce_zero_label(mask)
         return image, mask
 
-    return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+    return graph_map(ds, convert, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _read_header(path, size=32):
@@ -564,7 +565,7 @@ def _decode_mask(data):
 
 def _refuse_empty(ds, message):
     """`ds`, failing with `message` where a pass over it ends without one example."""
-    flagged = ds.map(lambda image, mask: (image, mask, False))
+    flagged = graph_map(ds, lambda image, mask: (image, mask, False))
     end = tf.data.Dataset.from_tensors(
         (tf.zeros([0, 0, 3], tf.uint8), tf.zeros([0, 0], tf.uint8), True)
     )
@@ -601,7 +602,7 @@ def _pairs_dataset(pairs, where, extra=None, map_mask=None, shuffle_files=False,
         )
         return tf.ensure_shape(image, [None, None, 3]), tf.ensure_shape(mask, [None, None])
 
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = graph_map(ds, load, num_parallel_calls=tf.data.AUTOTUNE)
     # Files that pass the header check but fail to decode (truncated, mismatched) are logged and
     # skipped instead of stopping a long training run; but not all of them, silently.
     ds = ds.ignore_errors(log_warning=True)

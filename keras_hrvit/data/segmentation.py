@@ -23,6 +23,7 @@ import re
 import numpy as np
 import tensorflow as tf
 
+from keras_hrvit.data.graph_map import graph_map
 from keras_hrvit.presets import IGNORE_LABEL, IMAGENET_MEAN
 from keras_hrvit.validation import check_number, check_positive_int
 
@@ -157,7 +158,7 @@ def _as_pairs(ds, num_classes=None, ignore_label=IGNORE_LABEL, num_parallel_call
                 "A dataset of dicts needs an 'image' key and a 'mask' or 'segmentation_mask' key, "
                 f"got keys {sorted(spec)}."
             )
-        ds = ds.map(lambda x: (x["image"], x[mask_key]))
+        ds = graph_map(ds, lambda x: (x["image"], x[mask_key]))
         spec = ds.element_spec
     if not isinstance(spec, tuple) or len(spec) != 2:
         raise ValueError(
@@ -182,7 +183,7 @@ def _as_pairs(ds, num_classes=None, ignore_label=IGNORE_LABEL, num_parallel_call
             # Labels above 255 do not exist in any supported dataset; uint8 keeps resizes cheap.
             return tf.cast(image, tf.float32), tf.cast(mask, tf.uint8)
 
-    return ds.map(convert, num_parallel_calls=num_parallel_calls)
+    return graph_map(ds, convert, num_parallel_calls=num_parallel_calls)
 
 
 def _keep_ratio_size(height, width, scale_long, scale_short):
@@ -419,7 +420,7 @@ def segmentation_train_pipeline(
         mask = tf.ensure_shape(tf.cast(mask, tf.int32), crop_size)
         return image, mask
 
-    ds = ds.map(transform, num_parallel_calls=num_parallel_calls)
+    ds = graph_map(ds, transform, num_parallel_calls=num_parallel_calls)
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
 
@@ -492,11 +493,11 @@ def segmentation_eval_pipeline(
 
     mean = tf.constant(IMAGENET_MEAN, tf.float32)
     ds = _as_pairs(ds, num_classes, ignore_label, num_parallel_calls)
-    ds = ds.map(transform, num_parallel_calls=num_parallel_calls)
+    ds = graph_map(ds, transform, num_parallel_calls=num_parallel_calls)
     # `padded_batch` pads with one scalar: pad (image - mean) with 0, i.e. with the mean pixel.
-    ds = ds.map(lambda image, mask: (image - mean, mask)).padded_batch(
+    ds = graph_map(ds, lambda image, mask: (image - mean, mask)).padded_batch(
         batch_size,
         padding_values=(tf.constant(0.0, tf.float32), tf.constant(ignore_label, tf.int32)),
     )
-    ds = ds.map(lambda images, masks: (images + mean, masks))
+    ds = graph_map(ds, lambda images, masks: (images + mean, masks))
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -35,6 +35,7 @@ from keras_hrvit.data import (
     load_tfds_segmentation,
     segmentation_eval_pipeline,
 )
+from keras_hrvit.data.graph_map import graph_map
 from keras_hrvit.data.segmentation import pad_with_mean
 from keras_hrvit.distribution import check_gradient_clipping, shardable_batches, training_scope
 from keras_hrvit.files import write_json
@@ -249,7 +250,7 @@ def fixed_size_validation_pipeline(
         mask = tf.pad(mask, [[0, pad_h], [0, pad_w]], constant_values=ignore_label)
         return tf.ensure_shape(image, (height, width, 3)), tf.ensure_shape(mask, (height, width))
 
-    return ds.map(to_crop).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return graph_map(ds, to_crop).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 # --- training ---------------------------------------------------------------------------------
