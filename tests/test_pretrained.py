@@ -280,6 +280,14 @@ def _segmentation_argv(output_dir, model="test_micro_shapes", extra=()):
     ]  # fmt: skip
 
 
+# The CLI is backend-neutral around the train step: the pretrain-then-fine-tune runs are
+# PyTorch's in CI (a quarter of TensorFlow's eager time); the CLI's TensorFlow runs are
+# test_segmentation_cli_from_an_original_checkpoint's and test_run_faults'.
+CLI_RUNS_ON_TORCH = pytest.mark.skipif(
+    keras.backend.backend() != "torch", reason="PyTorch's CLI runs in CI; CI time"
+)
+
+
 @pytest.fixture(scope="module")
 def cli_runs(tmp_path_factory):
     """A classifier pretrained by the CLI, then a segmenter fine-tuned from its model.keras."""
@@ -298,6 +306,8 @@ def cli_runs(tmp_path_factory):
     return {"root": root, "stdout": out.getvalue(), "recorded": recorded}
 
 
+@pytest.mark.backend
+@CLI_RUNS_ON_TORCH
 def test_segmentation_cli_fine_tunes_from_a_cli_trained_classifier(cli_runs):
     root = cli_runs["root"]
     source = root / "cls" / "model.keras"
@@ -309,6 +319,8 @@ def test_segmentation_cli_fine_tunes_from_a_cli_trained_classifier(cli_runs):
     assert os.path.exists(root / "seg" / "model.keras")
 
 
+@pytest.mark.backend
+@CLI_RUNS_ON_TORCH
 def test_cli_trained_classifier_loads_and_transfers(cli_runs, micro_presets):
     classifier = keras.saving.load_model(cli_runs["root"] / "cls" / "model.keras")
     assert isinstance(classifier, keras_hrvit.HRViTClassifier)
@@ -416,6 +428,8 @@ def _load_in_fresh_process(paths):
     return result.stdout.strip().splitlines()[-len(paths) :]
 
 
+@pytest.mark.backend
+@CLI_RUNS_ON_TORCH
 def test_cli_and_converted_models_load_after_importing_keras_hrvit_only(cli_runs, tmp_path):
     from keras_hrvit.convert import convert_checkpoint
 

@@ -29,9 +29,14 @@ def micro_presets(monkeypatch):
     _register_micro(monkeypatch)
 
 
-# On JAX these runs cost CI a minute and a half of XLA compilation; the JAX train step is the
-# one `fit` compiles in tests/test_tasks.py, and the CLI around it is backend-neutral.
-JAX_CLI_REASON = "the CLI's JAX train step is test_tasks' fit; XLA time in CI"
+# The CLI around the train step is backend-neutral, so its shared run is PyTorch's in CI (a
+# quarter of TensorFlow's eager time). On JAX the run cost CI a minute and a half of XLA
+# compilation, and the JAX train step is the one `fit` compiles in tests/test_tasks.py; the
+# CLI's TensorFlow runs are test_run_faults' and test_pretrained's.
+CLI_RUN_ON_TORCH = pytest.mark.skipif(
+    keras.backend.backend() != "torch",
+    reason="the CLI's train steps on JAX and TensorFlow run elsewhere; CI time",
+)
 
 
 def _records(output_dir):
@@ -60,7 +65,7 @@ def trained_run(tmp_path_factory):
 
 
 @pytest.mark.backend
-@pytest.mark.skipif(keras.backend.backend() == "jax", reason=JAX_CLI_REASON)
+@CLI_RUN_ON_TORCH
 def test_cli_run_writes_checkpoints_history_curves_and_model(trained_run):
     files = sorted(os.listdir(trained_run / "checkpoints"))
     assert files == ["best.json", "best.keras", "last.json", "last.keras"]
@@ -85,7 +90,7 @@ def test_cli_run_writes_checkpoints_history_curves_and_model(trained_run):
 
 
 @pytest.mark.backend
-@pytest.mark.skipif(keras.backend.backend() == "jax", reason=JAX_CLI_REASON)
+@CLI_RUN_ON_TORCH
 def test_evaluate_cli_writes_report_and_overlays(trained_run, tmp_path, capsys):
     out = tmp_path / "eval"
     # No --image-size: it is read from the run's train_args.json (64, not the default 128).
@@ -105,6 +110,8 @@ def test_evaluate_cli_writes_report_and_overlays(trained_run, tmp_path, capsys):
     assert all(_is_png(out / "overlays" / name) for name in overlays)
 
 
+@pytest.mark.backend
+@CLI_RUN_ON_TORCH
 def test_evaluate_segmenter_slide_and_flip(trained_run):
     model = keras.saving.load_model(trained_run / "model.keras", compile=False)
     ds = segmentation_eval_pipeline(load_shapes("validation", 2, image_size=64), batch_size=2)
@@ -165,6 +172,8 @@ def test_interrupted_run_resumes_schedule_and_epochs(micro_presets, tmp_path, mo
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == epochs * steps
 
 
+@pytest.mark.backend
+@CLI_RUN_ON_TORCH
 def test_upernet_auxiliary_head_trains_one_step(micro_presets, tmp_path):
     extra = ["--head", "upernet", "--head-channels", "16", "--no-validation", "--recipe", "paper"]
     argv = _train_argv(tmp_path, epochs=1, steps=1, model="test_micro", extra=extra)
