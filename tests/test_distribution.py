@@ -3,9 +3,9 @@
 The two-device runs need their devices set up before JAX or TensorFlow initializes, so they run
 in subprocesses (`tests/distribution_worker.py`) on two virtual CPU devices: JAX with
 `XLA_FLAGS=--xla_force_host_platform_device_count=2`, TensorFlow with two logical CPU devices.
-They run on both backends whichever backend this process uses; those that XLA's compilation of
-the sharded train step makes take minutes are marked `slow`. The other tests run in this
-process and are backend-sensitive.
+They run on both backends whichever backend this process uses, and are marked `slow` (XLA
+compiles the sharded train step for minutes; TensorFlow's eager runs under MirroredStrategy
+take more than a minute). The other tests run in this process and are backend-sensitive.
 
 How close one-device and data-parallel training come (two AdamW steps of a micro HRViT, the
 same initial weights and global batch of 4), and why not closer. Measured on both backends:
@@ -98,7 +98,9 @@ def _worker(backend, task, tmp_path, *args, timeout=900):
 @pytest.mark.parametrize(
     "backend, task",
     [
-        ("tensorflow", "segmentation"),
+        # Three eager runs under MirroredStrategy, 75 s of CI on a 2-core CPU: `make test-slow`.
+        # CI keeps the distribution module's in-process checks below.
+        pytest.param("tensorflow", "segmentation", marks=pytest.mark.slow),
         # Two XLA compilations of the train step, two to three minutes on a 2-core CPU.
         pytest.param("jax", "segmentation", marks=pytest.mark.slow),
         pytest.param("tensorflow", "classification", marks=pytest.mark.slow),
