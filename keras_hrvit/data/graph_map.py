@@ -2,9 +2,9 @@
 
 The pipelines write their control flow as TensorFlow ops (`tf.cond`, `tf.while_loop`,
 `tf.where`); their Python `if`s and `for`s test Python values only. AutoGraph would rewrite
-every such function's source the first time a process builds the pipeline, which cost 2 to 7
-seconds per process on a 2-core CPU (measured: 9.4 s against 1.9 s to build the segmentation
-training pipeline in a fresh process under load) and changes nothing in the graph.
+every such function's source the first time a process builds the pipeline, which costs seconds
+per process and changes nothing in the graph (measured on a loaded 2-core CPU: 9.4 s against
+1.9 s to build the segmentation training pipeline in a fresh process).
 """
 
 import tensorflow as tf

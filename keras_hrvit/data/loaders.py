@@ -576,9 +576,8 @@ def _refuse_empty(ds, message):
             return seen + 1, example
 
     ds = flagged.concatenate(end).scan(tf.constant(0, tf.int64), count)
-    return ds.filter(lambda image, mask, last: tf.logical_not(last)).map(
-        lambda image, mask, last: (image, mask)
-    )
+    ds = ds.filter(lambda image, mask, last: tf.logical_not(last))
+    return graph_map(ds, lambda image, mask, last: (image, mask))
 
 
 def _pairs_dataset(pairs, where, extra=None, map_mask=None, shuffle_files=False, seed=None):
