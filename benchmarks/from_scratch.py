@@ -183,12 +183,13 @@ def run(name, seed, epochs, size):
 
     start = time.perf_counter()
     data = _batches(images, masks, batch_size, seed)
+    fit_steps = None  # one pass over the data per epoch
     if batch_size != BATCH_SIZE:
-        data = data.repeat()
+        data, fit_steps = data.repeat(), steps_per_epoch
     model.fit(
         data,
         epochs=epochs,
-        steps_per_epoch=steps_per_epoch if batch_size != BATCH_SIZE else None,
+        steps_per_epoch=fit_steps,
         verbose=0,
         callbacks=[Evaluate()],
     )
