@@ -1,11 +1,15 @@
 """Speed and memory of HRViT backbones and segmenters, per backend, against a peer in the same run.
 
-Each (backend, configuration) runs in its own subprocess so that peak memory is its own. Prints a
-table and writes JSON. Report ratios from one run; absolute times only from a GPU.
+Each (backend, configuration) runs in its own subprocess so that peak memory is its own; with
+`--interleave` each backend's models run in one process, alternating call by call. Prints a table
+and writes JSON. Report ratios from one run; absolute times only from a GPU.
 
     python benchmarks/bench.py --backends tensorflow jax torch --models hrvit_b1 --sizes 512
     python benchmarks/bench.py --peer  # adds KerasHub's SegFormer MiT-B1 backbone (keras-hub)
     python benchmarks/bench.py --original  # adds the original PyTorch code's eager forward
+    python benchmarks/bench.py --measure train --tasks segmenter --sizes 512 --batch 2 --original
+    python benchmarks/bench.py --models hrvit_tiny --measure train --tasks segmenter --sizes 96 \
+        --batch 16 --peer  # the demo's scale against a MiT of the same widths
     python benchmarks/bench.py --measure train --tasks segmenter --remat off on --backends torch
     python benchmarks/bench.py --sizes 256 512 768 1024 1024x2048 --window 1024 768 --peer \
         --original --modes default --plot benchmarks/results/growth.png  # how cost grows
@@ -25,62 +29,87 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# The peer of each HRViT: KerasHub's SegFormer on the MiT of about the same widths
+# (benchmarks/peers.py), and the width of each model's SegFormer head.
+PEERS = {"hrvit_b1": "mit_b1", "hrvit_tiny": "mit_tiny"}
+HEAD_CHANNELS = {"b1": 256, "b2": 256, "b3": 768, "tiny": 64}
+NUM_CLASSES = 150  # ADE20K's
+# The models original_torch.py builds.
+ORIGINALS = ("hrvit_b1", "hrvit_b2", "hrvit_b3")
+
+
+def _head_channels(name):
+    return HEAD_CHANNELS[name.split("_")[-1]]
+
+
 def _build(name, task, size, remat=False):
-    import keras_hrvit
-
     shape = (size[0], size[1], 3)
-    if name == "mit_b1":
-        from peers import MIT_B1, mit_backbone, segformer_backbone
+    if name.startswith("mit_"):
+        import keras_hub
+        from peers import MIT_B1, MIT_TINY, mit_backbone, segformer_backbone
 
-        backbone = mit_backbone(**MIT_B1, image_shape=shape, drop_path_rate=0.1)
+        widths = {"mit_b1": MIT_B1, "mit_tiny": MIT_TINY}[name]
+        backbone = mit_backbone(**widths, image_shape=shape, drop_path_rate=0.1)
         if task == "backbone":
             return backbone
-        return segformer_backbone(backbone, projection_filters=256)
-    backbone = keras_hrvit.HRViTBackbone.from_preset(name, input_shape=shape, remat=remat)
+        return keras_hub.models.SegFormerImageSegmenter(
+            segformer_backbone(backbone, projection_filters=_head_channels(name)),
+            num_classes=NUM_CLASSES,
+        )
+    import keras_hrvit
+
+    # Stochastic depth 0.1 as the original's segmentation configs and SegFormer's MiT above.
+    backbone = keras_hrvit.HRViTBackbone.from_preset(
+        name, input_shape=shape, remat=remat, drop_path_rate=0.1
+    )
     if task == "backbone":
         return backbone
-    return keras_hrvit.HRViTSegmenter(backbone, num_classes=150)
+    return keras_hrvit.HRViTSegmenter(
+        backbone, num_classes=NUM_CLASSES, head_channels=_head_channels(name)
+    )
 
 
-def _time(fn, warmup, repeats):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
-def _run_original(args):
-    """The original implementation (benchmarks/original_torch.py): eager PyTorch, NCHW, no grad."""
+def _prepare_original(args):
+    """The original implementation (benchmarks/original_torch.py): eager PyTorch, NCHW, float32;
+    a no-grad forward, or a train step of the backbone with `SegFormerHead` under AdamW."""
     import torch
-
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from original_torch import build_original
+    from original_torch import OriginalSegmenter, build_original
 
     # On the GPU when there is one, as the Keras backends place themselves.
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = build_original(args.model[len("original_") :]).eval().to(device)
+    variant = args.model[len("original_") :]
+    model = build_original(variant, drop_path_rate=0.1)
+    if args.task == "segmenter":
+        model = OriginalSegmenter(model, NUM_CLASSES, channels=_head_channels(variant))
+    model = model.to(device)
     images = torch.rand(args.batch, 3, args.size[0], args.size[1], device=device)
-    tiles = [images[:, :, y : y + h, x : x + w] for y, x, h, w in _windows(args)]
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    info = {"params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    if args.measure == "inference":
+        model.eval()
+        tiles = [images[:, :, y : y + h, x : x + w] for y, x, h, w in _windows(args)]
 
-    def forward():
-        with torch.no_grad():
-            outputs = [model(tile) for tile in tiles]
-        if device == "cuda":
-            torch.cuda.synchronize()  # kernels run asynchronously: time them to the end
-        return outputs
+        def forward():
+            with torch.no_grad():
+                outputs = [model(tile) for tile in tiles]
+            sync()  # kernels run asynchronously: time them to the end
+            return outputs
 
-    result = {
-        "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "latency_ms": 1000 * _time(forward, args.warmup, args.repeats),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
-    if device == "cuda":
-        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    print("RESULT " + json.dumps(result))
+        return forward, info
+    if args.task != "segmenter":
+        raise ValueError("--measure train needs --tasks segmenter")
+    model.train()
+    labels = torch.randint(0, NUM_CLASSES, (args.batch,) + tuple(args.size), device=device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=6e-5, weight_decay=0.01)
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(model(images), labels, ignore_index=255)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        sync()
+
+    return step, info
 
 
 def _windows(args):
@@ -101,10 +130,11 @@ def _windows(args):
     return windows
 
 
-def run_one(args):
-    """Runs in the subprocess: one backend, model, task, size, mode and precision."""
+def _prepare(args):
+    """Builds one configuration; returns the function to time (one inference over every window,
+    or one train step) and what is known before timing."""
     if args.model.startswith("original_"):
-        return _run_original(args)
+        return _prepare_original(args)
     import keras
 
     if args.precision != "float32":
@@ -118,35 +148,54 @@ def run_one(args):
     # "default" is what `model.compile()` picks: XLA on JAX, a tf.function graph (no XLA) on a
     # CPU-only TensorFlow, eager PyTorch; "compiled" forces `jit_compile=True` everywhere.
     jit_compile = {"eager": False, "default": "auto", "compiled": True}[args.mode]
-    result = {"params": int(model.count_params())}
+    info = {"params": int(model.count_params())}
     if args.measure == "inference":
-        if args.mode != "eager":
-            model.compile(jit_compile=jit_compile)
-            result["jit_compile"] = bool(model.jit_compile)
-            fn = lambda: [model.predict_on_batch(tile) for tile in tiles]  # noqa: E731
-        else:
-            fn = lambda: [  # noqa: E731
+        if args.mode == "eager":
+            return lambda: [  # noqa: E731
                 keras.ops.convert_to_numpy(keras.tree.flatten(model(tile, training=False))[0])
                 for tile in tiles
-            ]
-        result["latency_ms"] = 1000 * _time(fn, args.warmup, args.repeats)
-    else:
-        if len(tiles) > 1:
-            raise ValueError("--window measures inference only")
-        from keras_hrvit.losses import SegmentationCrossEntropy
+            ], info
+        model.compile(jit_compile=jit_compile)
+        info["jit_compile"] = bool(model.jit_compile)
+        return lambda: [model.predict_on_batch(tile) for tile in tiles], info  # noqa: E731
+    if len(tiles) > 1:
+        raise ValueError("--window measures inference only")
+    from keras_hrvit.losses import SegmentationCrossEntropy
 
-        labels = np.random.randint(0, 150, (args.batch,) + size).astype("int32")
-        model.compile(
-            optimizer=keras.optimizers.AdamW(6e-5),
-            loss=SegmentationCrossEntropy(),
-            jit_compile=jit_compile,
-            run_eagerly=args.mode == "eager" and keras.backend.backend() != "torch",
-        )
-        result["jit_compile"] = bool(model.jit_compile)
-        step = _time(lambda: model.train_on_batch(images, labels), args.warmup, args.repeats)
-        result["train_images_per_s"] = args.batch / step
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("RESULT " + json.dumps(result))
+    labels = np.random.randint(0, NUM_CLASSES, (args.batch,) + size).astype("int32")
+    model.compile(
+        optimizer=keras.optimizers.AdamW(6e-5),
+        loss=SegmentationCrossEntropy(),
+        metrics=[],  # the bare step, as the original's; the tasks' "auto" adds their metrics
+        jit_compile=jit_compile,
+        run_eagerly=args.mode == "eager" and keras.backend.backend() != "torch",
+    )
+    info["jit_compile"] = bool(model.jit_compile)
+    return lambda: model.train_on_batch(images, labels), info  # noqa: E731
+
+
+def run_group(configs, warmup, repeats):
+    """Runs in the subprocess: builds every configuration, warms each up, then times them in
+    turn, one call each per repeat, and prints one RESULT line per configuration in order."""
+    prepared = [_prepare(config) for config in configs]
+    for fn, _ in prepared:
+        for _ in range(warmup):
+            fn()
+    times = [[] for _ in prepared]
+    for _ in range(repeats):
+        for (fn, _), elapsed in zip(prepared, times):
+            start = time.perf_counter()
+            fn()
+            elapsed.append(time.perf_counter() - start)
+    for config, (_, info), elapsed in zip(configs, prepared, times):
+        seconds = float(np.median(elapsed))
+        if config.measure == "inference":
+            info["latency_ms"] = 1000 * seconds
+        else:
+            info["train_images_per_s"] = config.batch / seconds
+        if len(configs) == 1:  # a process's peak is one model's only when it ran alone
+            info["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print("RESULT " + json.dumps(info), flush=True)
 
 
 def main():
@@ -177,10 +226,20 @@ def main():
         help="run the whole sweep this many times, interleaved, and report each row's median: "
         "ratios then hold even when the machine's speed drifts during the run",
     )  # fmt: skip
-    parser.add_argument("--peer", action="store_true", help="also run KerasHub MiT-B1")
+    parser.add_argument(
+        "--peer", action="store_true",
+        help="also run KerasHub's SegFormer on the MiT of each model's widths (MiT-B1 for "
+        "hrvit_b1, the MiT of benchmarks/peers.py's MIT_TINY for hrvit_tiny)",
+    )  # fmt: skip
     parser.add_argument(
         "--original", action="store_true",
-        help="also run the original PyTorch implementation (eager, inference, backbone, float32)",
+        help="also run the original PyTorch implementation (eager, float32): its no-grad "
+        "forward, or its train step with a SegFormer head under AdamW",
+    )  # fmt: skip
+    parser.add_argument(
+        "--interleave", action="store_true",
+        help="run each backend's models (and the original) in one process, alternating call by "
+        "call, instead of each model in its own process; peak memory is then not reported",
     )  # fmt: skip
     parser.add_argument(
         "--window", nargs=2, type=int, metavar=("CROP", "STRIDE"),
@@ -190,35 +249,28 @@ def main():
     parser.add_argument("--plot", help="PNG of latency and peak memory against image size")
     parser.add_argument("--out", default="benchmarks/results.json")
     parser.add_argument("--timeout", type=int, default=1800)
-    parser.add_argument("--_one", nargs=9, help=argparse.SUPPRESS)
+    parser.add_argument("--_group", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    if args._one:
-        backend, model, task, size, mode, precision, measure, remat, window = args._one
-        one = argparse.Namespace(
-            window=window,
-            model=model,
-            task=task,
-            size=[int(s) for s in size.split("x")],
-            mode=mode,
-            precision=precision,
-            measure=measure,
-            remat=remat,
-            batch=args.batch,
-            warmup=args.warmup,
-            repeats=args.repeats,
-        )
-        run_one(one)
+    if args._group:
+        group = [
+            argparse.Namespace(**{**row, "size": [int(s) for s in row["size"].split("x")]})
+            for row in json.loads(args._group)
+        ]
+        run_group(group, args.warmup, args.repeats)
         return
 
-    configs = _configs(args)
-    runs = [[] for _ in configs]
+    groups = _groups(args)
+    runs = [[] for group in groups for _ in group]  # each configuration's rows, one per round
     for r in range(args.rounds):
         if args.rounds > 1:
             print(f"round {r + 1}/{args.rounds}")
-        for config, done in zip(configs, runs):
-            done.append(_spawn(args, *config))
-            _print_row(done[-1])
+        done = 0
+        for group in groups:
+            for row in _spawn(args, group):
+                runs[done].append(row)
+                done += 1
+                _print_row(row)
     rows = [_median_row(done) for done in runs]
     if args.rounds > 1:
         print("\nmedian of the rounds")
@@ -235,10 +287,12 @@ def main():
         _plot(rows, args.plot)
         print(f"Wrote {args.plot}")
     if ratios:
-        print("\nspeed-up (their latency / ours; > 1 is faster), same run")
+        print("\nspeed-up (their time / ours; > 1 is faster), same run")
         for r in ratios:
-            print(f"{r['backend']:10} {r['model']:11} {r['size']:9} {r['mode']:8} "
-                  f"vs {r['against']:11} {r['speedup']:6.2f}x")  # fmt: skip
+            where = "same process" if r["same_process"] else "own processes"
+            print(f"{r['backend']:10} {r['model']:11} {r['task']:9} {r['measure']:9} "
+                  f"{r['size']:9} {r['mode']:8} vs {r['against']:12} {r['speedup']:6.2f}x "
+                  f"({where})")  # fmt: skip
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     # Written under a temporary name, then renamed: a killed run leaves the last JSON whole.
     with open(args.out + ".tmp", "w") as f:
@@ -252,109 +306,142 @@ def main():
 
 
 def _configs(args):
-    """Every (backend, model, task, size, mode, precision, measure, remat, window) to run."""
-    models = list(args.models) + (["mit_b1"] if args.peer else [])
+    """Every configuration to run, as a row: backend, model, task, size, mode, precision,
+    measure, remat, window and batch."""
     configs = []
-    for measure in args.measure:
-        for size in args.sizes:
-            hw = size if "x" in size else f"{size}x{size}"
-            windows = ["whole"]
-            if args.window and measure == "inference":
-                crop, stride = args.window
-                if max(int(v) for v in hw.split("x")) > crop:
-                    windows.append(f"{crop}/{stride}")
-            for window in windows:
-                if args.original and measure == "inference":
-                    # The original code runs one way: eager PyTorch, float32.
-                    for model in args.models:
-                        original = model.replace("hrvit_", "original_")
-                        configs.append(
-                            ("torch", original, "backbone", hw, "eager", "float32", measure, "off",
-                             window)
-                        )  # fmt: skip
-                for model, task, backend, mode, precision in itertools.product(
-                    models, args.tasks, args.backends, args.modes, args.precisions
-                ):
-                    for remat in args.remat if model != "mit_b1" else ["off"]:
-                        configs.append(
-                            (backend, model, task, hw, mode, precision, measure, remat, window)
-                        )
+    for measure, size in itertools.product(args.measure, args.sizes):
+        hw = size if "x" in size else f"{size}x{size}"
+        windows = ["whole"]
+        if args.window and measure == "inference":
+            crop, stride = args.window
+            if max(int(v) for v in hw.split("x")) > crop:
+                windows.append(f"{crop}/{stride}")
+        for window, task in itertools.product(windows, args.tasks):
+            if measure == "train" and task != "segmenter":
+                continue  # a train step needs the segmentation loss
+            base = {"size": hw, "measure": measure, "window": window, "task": task}
+            base["batch"] = args.batch
+            if args.original:
+                # The original code runs one way: eager PyTorch, float32.
+                for model in set(args.models) & set(ORIGINALS):
+                    configs.append({
+                        **base, "backend": "torch", "model": model.replace("hrvit_", "original_"),
+                        "mode": "eager", "precision": "float32", "remat": "off",
+                    })  # fmt: skip
+            peers = [PEERS[m] for m in args.models if m in PEERS] if args.peer else []
+            for model, backend, mode, precision in itertools.product(
+                args.models + peers, args.backends, args.modes, args.precisions
+            ):
+                for remat in args.remat if model.startswith("hrvit_") else ["off"]:
+                    configs.append({
+                        **base, "backend": backend, "model": model, "mode": mode,
+                        "precision": precision, "remat": remat,
+                    })  # fmt: skip
     return configs
 
 
-def _spawn(args, backend, model, task, size, mode, precision, measure, remat, window):
+def _groups(args):
+    """The configurations, grouped by the process that runs them: each alone, or under
+    `--interleave` every model of one backend, size, task, mode, precision, measure and window
+    together with the original of the same size, task, measure and window."""
+    configs = _configs(args)
+    if not args.interleave:
+        for config in configs:
+            config["process"] = config["backend"]
+        return [[config] for config in configs]
+    originals = [c for c in configs if c["model"].startswith("original_")]
+    groups = {}
+    for config in configs:
+        if config["model"].startswith("original_"):
+            continue
+        key = tuple(config[k] for k in ("backend", "size", "task", "mode", "precision", "measure",
+                                        "window"))  # fmt: skip
+        if key not in groups:
+            same = ("size", "task", "measure", "window")
+            groups[key] = [
+                {**o, "process": config["backend"]}
+                for o in originals
+                if all(o[k] == config[k] for k in same)
+            ]
+        groups[key].append({**config, "process": config["backend"]})
+    return list(groups.values())
+
+
+def _spawn(args, group):
+    """Runs one group of configurations in a subprocess; returns their rows."""
     env = dict(
         os.environ,
-        KERAS_BACKEND=backend,
+        KERAS_BACKEND=group[0]["process"],
         TF_CPP_MIN_LOG_LEVEL="3",
         PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
     )
     command = [
-        sys.executable,
-        __file__,
-        "--batch",
-        str(args.batch),
-        "--warmup",
-        str(args.warmup),
-        "--repeats",
-        str(args.repeats),
-        "--_one",
-        backend,
-        model,
-        task,
-        size,
-        mode,
-        precision,
-        measure,
-        remat,
-        window,
-    ]
-    row = {
-        "backend": backend,
-        "model": model,
-        "task": task,
-        "size": size,
-        "mode": mode,
-        "precision": precision,
-        "measure": measure,
-        "remat": remat,
-        "window": window,
-        "batch": args.batch,
-    }
+        sys.executable, __file__, "--warmup", str(args.warmup), "--repeats", str(args.repeats),
+        "--_group", json.dumps(group),
+    ]  # fmt: skip
     try:
         done = subprocess.run(
             command, env=env, capture_output=True, text=True, timeout=args.timeout
         )
     except subprocess.TimeoutExpired:
-        return {**row, "error": "timeout"}
-    for line in done.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return {**row, **json.loads(line[len("RESULT ") :])}
+        return [{**row, "error": "timeout"} for row in group]
+    results = [
+        json.loads(line[len("RESULT ") :])
+        for line in done.stdout.splitlines()
+        if line.startswith("RESULT ")
+    ]
+    if len(results) == len(group):
+        return [{**row, **result} for row, result in zip(group, results)]
     # Keras appends the call's arguments after the exception: report the exception's line.
     lines = done.stderr.strip().splitlines() or ["failed"]
     errors = [line for line in lines if "Error" in line or "Exception" in line]
-    return {**row, "error": (errors or lines)[-1].strip()[:200]}
+    return [{**row, "error": (errors or lines)[-1].strip()[:200]} for row in group]
+
+
+def _seconds(row):
+    """A row's time: one inference over its windows, or one image of a train step."""
+    if row.get("latency_ms"):
+        return row["latency_ms"] / 1000
+    if row.get("train_images_per_s"):
+        return 1 / row["train_images_per_s"]
+    return None
+
+
+def _key(row, **changes):
+    row = {**row, **changes}
+    return tuple(
+        row[k] for k in ("process", "backend", "model", "task", "measure", "size", "window",
+                         "mode", "precision", "remat", "batch")
+    )  # fmt: skip
 
 
 def _ratios(rows):
-    """Each float32 HRViT backbone latency against the original's eager forward (same model and
-    size) and against MiT-B1 (same backend, size and mode)."""
-    latency = {
-        (r["backend"], r["model"], r["task"], _where(r), r["mode"], r["precision"], r["remat"]):
-        r["latency_ms"]
-        for r in rows if r.get("latency_ms") and r["measure"] == "inference"
-    }  # fmt: skip
+    """Each float32 HRViT row's time against the original's (same size, task and measure; from
+    the same process under --interleave) and against its peer MiT's (same backend and mode)."""
+    times = {_key(r): _seconds(r) for r in rows if _seconds(r)}
     ratios = []
-    for (backend, model, task, size, mode, precision, remat), ours in latency.items():
-        if not model.startswith("hrvit_") or task != "backbone" or precision != "float32":
+    for r in rows:
+        ours = _seconds(r)
+        if not (ours and r["model"].startswith("hrvit_") and r["precision"] == "float32"):
             continue
-        original = ("torch", model.replace("hrvit_", "original_"), task, size, "eager", precision)
-        peer = (backend, "mit_b1", task, size, mode, precision)
-        for against, key in ((original[1], original), ("mit_b1", peer)):
-            if key + ("off",) in latency and remat == "off":
+        if r["remat"] != "off":
+            continue
+        original = r["model"].replace("hrvit_", "original_")
+        candidates = [
+            (original, _key(r, backend="torch", model=original, mode="eager")),
+            (original, _key(r, process="torch", backend="torch", model=original, mode="eager")),
+        ]
+        if r["model"] in PEERS:
+            candidates.append((PEERS[r["model"]], _key(r, model=PEERS[r["model"]])))
+        found = set()
+        for against, key in candidates:
+            if key in times and against not in found:
+                found.add(against)
                 ratios.append({
-                    "backend": backend, "model": model, "size": size, "mode": mode,
-                    "against": against, "speedup": latency[key + ("off",)] / ours,
+                    "backend": r["backend"], "model": r["model"], "task": r["task"],
+                    "measure": r["measure"], "size": _where(r), "mode": r["mode"],
+                    "against": against, "speedup": times[key] / ours,
+                    "same_process": key[0] == r["process"],
                 })  # fmt: skip
     return ratios
 
@@ -377,16 +464,16 @@ def _growth(rows):
     for r in rows:
         if r.get("latency_ms") and r["measure"] == "inference" and r.get("window") == "whole":
             key = (r["backend"], r["model"], r["task"], r["mode"], r["precision"], r["remat"])
-            series.setdefault(key, []).append((r["size"], r["latency_ms"]))
+            series.setdefault((r["process"],) + key, []).append((r["size"], r["latency_ms"]))
     growth = []
-    for (backend, model, task, mode, precision, remat), points in series.items():
+    for (process, backend, model, task, mode, precision, remat), points in series.items():
         if len({_pixels(size) for size, _ in points}) < 3:
             continue
         x = np.log([_pixels(size) for size, _ in points])
         y = np.log([latency for _, latency in points])
         exponent = float(np.polyfit(x, y, 1)[0])
         growth.append({
-            "backend": backend, "model": model, "task": task, "mode": mode,
+            "process": process, "backend": backend, "model": model, "task": task, "mode": mode,
             "precision": precision, "remat": remat, "exponent": exponent,
             "sizes": [size for size, _ in points],
         })  # fmt: skip
@@ -405,15 +492,18 @@ def _plot(rows, path):
     lines = {}
     for r in rows:
         if r.get("latency_ms") and r["measure"] == "inference":
-            key = (r["backend"], r["model"], r["task"], r["mode"], r.get("window") != "whole")
-            lines.setdefault(key, []).append(r)
-    for (backend, model, task, mode, slide), points in sorted(lines.items()):
+            key = (r["process"], r["backend"], r["model"], r["task"], r["mode"])
+            lines.setdefault(key + (r.get("window") != "whole",), []).append(r)
+    for (process, backend, model, task, mode, slide), points in sorted(lines.items()):
         points.sort(key=lambda r: _pixels(r["size"]))
         megapixels = [_pixels(r["size"]) / 1e6 for r in points]
         label = f"{model} {task} ({backend}, {mode})" + (", sliding window" if slide else "")
+        if process != backend:
+            label += f" in the {process} process"
         style = dict(marker="x" if slide else "o", linestyle="none" if slide else "-")
         speed.plot(megapixels, [r["latency_ms"] for r in points], label=label, **style)
-        memory.plot(megapixels, [r["peak_rss_mb"] for r in points], label=label, **style)
+        if all("peak_rss_mb" in r for r in points):  # not measured under --interleave
+            memory.plot(megapixels, [r["peak_rss_mb"] for r in points], label=label, **style)
     for axis, title in ((speed, "latency (ms)"), (memory, "peak RSS of the process (MB)")):
         axis.set_xscale("log")
         axis.set_yscale("log")
@@ -448,10 +538,12 @@ def _print_row(row):
     unit = "ms" if "latency_ms" in row else "img/s"
     digits = 1 if unit == "ms" else 3
     shown = f"{value:9.{digits}f} {unit}" if value else f"error: {row.get('error')}"
+    memory = f"rss {row['peak_rss_mb']:7.0f} MB" if "peak_rss_mb" in row else ""
+    process = f"  (in the {row['process']} process)" if row["process"] != row["backend"] else ""
     print(
-        f"{row['backend']:10} {row['model']:11} {row['task']:9} {_where(row):9} {row['mode']:8} "
-        f"{row['precision']:14} remat {row['remat']:3} {shown:>14}  "
-        f"rss {row.get('peak_rss_mb', 0):7.0f} MB"
+        f"{row['backend']:10} {row['model']:11} {row['task']:9} {row['measure']:9} "
+        f"{_where(row):9} {row['mode']:8} {row['precision']:14} remat {row['remat']:3} "
+        f"{shown:>14}  {memory}{process}"
     )
 
 

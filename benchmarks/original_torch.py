@@ -440,6 +440,47 @@ class HRViTOriginal(nn.Module):
         return x
 
 
+class SegFormerHead(nn.Module):
+    """The all-MLP decode head HRViT's segmentation models put on the backbone (MMSegmentation's
+    SegFormer head, NCHW): a 1x1 projection of each branch to `channels`, bilinear upsampling to
+    the finest branch, a 1x1 fusion with BatchNorm and ReLU, channel dropout and a 1x1 classifier.
+    Used by `benchmarks/bench.py` to time the original's segmentation train step; this file's
+    reference tests cover the backbone only."""
+
+    def __init__(self, in_channels, num_classes, channels=256, dropout=0.1):
+        super().__init__()
+        self.projections = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
+        self.fuse = nn.Sequential(
+            nn.Conv2d(channels * len(in_channels), channels, 1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+        )
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, features):
+        size = features[0].shape[2:]
+        x = [
+            F.interpolate(proj(f), size=size, mode="bilinear", align_corners=False)
+            for proj, f in zip(self.projections, features)
+        ]
+        return self.classifier(self.dropout(self.fuse(torch.cat(x, dim=1))))
+
+
+class OriginalSegmenter(nn.Module):
+    """The original backbone with `SegFormerHead`; logits upsampled to the image's size."""
+
+    def __init__(self, backbone, num_classes, channels=256):
+        super().__init__()
+        self.backbone = backbone
+        widths = [norm.normalized_shape[0] for norm in backbone.features[-1].norm]
+        self.decode_head = SegFormerHead(widths, num_classes, channels)
+
+    def forward(self, x):
+        logits = self.decode_head(self.backbone(x))
+        return F.interpolate(logits, size=x.shape[2:], mode="bilinear", align_corners=False)
+
+
 def build_original(variant, drop_path_rate=0.0):
     """The original backbone of HRViT-b1, -b2 or -b3 (randomly initialized)."""
     if variant not in VARIANTS:

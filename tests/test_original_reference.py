@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from reference import SIZES, reference, state_dict  # noqa: E402
+from reference import SIZES, reference, state_dict, tiny_backbone  # noqa: E402
 
 _PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "original_torch.py")
 
@@ -60,3 +60,15 @@ def _trainable(model):
 @pytest.mark.parametrize("variant, count", [("b1", 7_758_008), ("b2", 20_310_944)])
 def test_parameter_counts(original, variant, count):
     assert _trainable(original.build_original(variant)) == count
+
+
+def test_segmenter_has_our_segmenters_parameters_and_output(original, tiny):
+    """bench.py times the original's train step with this SegFormer head against ours: the two
+    segmenters must be the same network size and give full-resolution logits."""
+    import keras_hrvit
+
+    segmenter = original.OriginalSegmenter(tiny, num_classes=5, channels=24).train()
+    logits = segmenter(torch.zeros(2, 3, 64, 96))
+    assert tuple(logits.shape) == (2, 5, 64, 96)
+    ours = keras_hrvit.HRViTSegmenter(tiny_backbone(), num_classes=5, head_channels=24)
+    assert _trainable(segmenter) == sum(int(np.prod(v.shape)) for v in ours.trainable_variables)
