@@ -108,21 +108,19 @@ class CrossShapedAttention(keras.layers.Layer):
         _, stripes, tokens, heads, size = ops.shape(q)
         if keras.backend.backend() == "torch":
             # PyTorch's fused scaled_dot_product_attention is ~1.5x faster than matmul + softmax
-            # here; XLA compiles the explicit form below better than Keras's einsum-based one.
+            # here (without Keras's copies of its inputs: torch_ops.attention); XLA compiles the
+            # explicit form below better than Keras's einsum-based one.
             mask = None
             if valid is not None:
                 mask = ops.reshape(valid, (1, stripes, 1, 1, tokens))
                 mask = ops.reshape(
                     ops.tile(mask, (ops.shape(q)[0], 1, 1, 1, 1)), (-1, 1, 1, tokens)
                 )
+            from keras_hrvit.layers import torch_ops  # imports torch
+
             flat = (-1, tokens, heads, size)
-            out = ops.dot_product_attention(
-                ops.reshape(q, flat),
-                ops.reshape(v, flat),
-                ops.reshape(v, flat),
-                mask=mask,
-                scale=self.scale,
-            )
+            q, v = ops.reshape(q, flat), ops.reshape(v, flat)
+            out = torch_ops.attention(q, v, v, mask=mask, scale=self.scale)
             return ops.reshape(out, ops.shape(q))
         q = _swap_tokens_and_heads(q * ops.cast(self.scale, q.dtype))
         v = _swap_tokens_and_heads(v)  # batch, stripe, head, token, size

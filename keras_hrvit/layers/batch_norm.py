@@ -50,6 +50,13 @@ class TorchBatchNormalization(keras.layers.BatchNormalization):
 
     def call(self, inputs, training=None, mask=None):
         if not (training and self.trainable):
+            if _fused_torch_inference(self, inputs, mask):
+                from keras_hrvit.layers import torch_ops  # imports torch
+
+                return torch_ops.batch_norm_inference(
+                    inputs, self.axis, self.moving_mean, self.moving_variance, self.gamma,
+                    self.beta, self.epsilon,
+                )  # fmt: skip
             return super().call(inputs, training=training, mask=mask)
         # The training branch of the parent's `call`, but with two variances: the biased one
         # normalizes the batch, the unbiased one updates `moving_variance`.
@@ -106,3 +113,15 @@ class TorchBatchNormalization(keras.layers.BatchNormalization):
                     tf.distribute.ReduceOp.SUM, tf.cast(count, inputs.dtype)
                 )
         return count
+
+
+def _fused_torch_inference(layer, inputs, mask):
+    """Whether `layer` normalizes with `torch_ops.batch_norm_inference`: on the PyTorch backend,
+    in float32 (Keras's path upcasts float16/bfloat16 itself) and without a mask. Not in
+    training: PyTorch's fused backward rounds differently, and the gradients of the small maps
+    then left the bounds of the original's own float32 error (tests/test_train_reference.py)."""
+    if keras.backend.backend() != "torch" or mask is not None:
+        return False
+    if keras.backend.standardize_dtype(inputs.dtype) != "float32":
+        return False
+    return all(keras.backend.standardize_dtype(v.dtype) == "float32" for v in layer.weights)

@@ -79,7 +79,11 @@ def gelu(x):
 
 
 def hard_swish(x):
-    # x * relu6(x + 3) / 6, PyTorch's nn.Hardswish.
+    """x * relu6(x + 3) / 6, PyTorch's nn.Hardswish."""
+    if keras.backend.backend() == "torch":
+        from keras_hrvit.layers import torch_ops  # imports torch
+
+        return torch_ops.hard_swish(x)
     return x * ops.relu6(x + 3.0) / 6.0
 
 

@@ -5,8 +5,9 @@ Keras's TensorFlow `Dense` multiplies a (batch, height, width, channels) input w
 which reshapes around its MatMul, then adds the bias to the 4-D result: Grappler's remapper only
 fuses a MatMul with the BiasAdd that directly follows it, so the bias costs a separate pass over
 the activation. HRViT applies a dense layer to every feature map of every block; flattening the
-input to 2-D first lets TensorFlow fuse them (~5% of the b1 backbone's time). Other backends
-compute exactly what Keras does.
+input to 2-D first lets TensorFlow fuse them (~5% of the b1 backbone's time). On PyTorch the
+layer runs `torch_ops.linear`, which adds the bias inside the matrix product. JAX computes
+exactly what Keras does (XLA fuses the addition).
 """
 
 import keras
@@ -25,7 +26,16 @@ class Dense(keras.layers.Dense):
     """
 
     def call(self, inputs, training=None):
+        if keras.backend.backend() == "torch":
+            return self._torch_linear(inputs)
         return self._over_last_axis(super().call, inputs, training)
+
+    def _torch_linear(self, inputs):
+        from keras_hrvit.layers import torch_ops  # imports torch
+
+        # `self.kernel` includes a LoRA update when one is enabled, as in Keras's call.
+        outputs = torch_ops.linear(inputs, self.kernel, self.bias if self.use_bias else None)
+        return self.activation(outputs) if self.activation is not None else outputs
 
     def quantized_call(self, inputs, training=None):
         # `Layer.__call__` runs this instead of `call` once the layer is quantized.
