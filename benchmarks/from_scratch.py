@@ -41,7 +41,8 @@ PLAIN = {"optimizer": "plain", "learning_rate": 2e-3, "weight_decay": 0.01}
 # then a linear decay (`WarmupPolyDecay`) on the learning rate; with `optimizer="auto"`,
 # `compile` holds the arguments of HRViTSegmenter.compile() (its recipe's keywords);
 # `inputs="unit"` feeds pixels scaled to [0, 1] to a model without its in-graph ImageNet
-# normalization; `batch_size` changes the batch at equal steps (fewer images seen).
+# normalization; `batch_size` changes the batch at equal steps (fewer images seen);
+# `head_inputs` feeds the SegFormer head the backbone's branches of those indices only.
 VARIANTS = {
     "peer": {"model_family": "segformer", **PLAIN},
     "peer_lr_5e-4": {"model_family": "segformer", **PLAIN, "learning_rate": 5e-4},
@@ -59,6 +60,8 @@ VARIANTS = {
     "batch_8": {**PLAIN, "batch_size": 8},
     "inputs_0_1": {**PLAIN, "inputs": "unit", "model": {"include_preprocessing": False}},
     "head_128": {**PLAIN, "model": {"head_channels": 128}},
+    # The head's input: the 1/8, 1/16 and 1/32 branches only, without the 1/4 branch.
+    "head_without_quarter": {**PLAIN, "head_inputs": (1, 2, 3)},
     "drop_path_0.1": {**PLAIN, "model": {"drop_path_rate": 0.1}},
     # The paper recipe's schedule and decay rule at base's rate: warm-up, then linear decay.
     "warmup_poly": {
@@ -97,11 +100,28 @@ def build(variant, size):
         for layer in model.backbone._flatten_layers():
             if isinstance(layer, keras_hrvit.layers.CrossShapedAttention):
                 layer.norm.gamma.assign(keras.ops.full_like(layer.norm.gamma, 1.0))
+    if "head_inputs" in variant:
+        model = head_on_branches(model.backbone, variant["head_inputs"], size)
     if "bn_momentum" in variant:
         for layer in model._flatten_layers():
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = variant["bn_momentum"]
     return model
+
+
+def head_on_branches(backbone, branches, size):
+    """`backbone` with `base`'s SegFormer head (64 channels) on the branches `branches` only;
+    logits resized to the image, as HRViTSegmenter's."""
+    import keras
+
+    from keras_hrvit.heads import SegFormerHead
+    from keras_hrvit.layers import ResizeLike
+
+    inputs = keras.Input((size, size, 3))
+    features = backbone(inputs)
+    head = SegFormerHead(NUM_CLASSES, channels=64, num_inputs=len(branches), name="decode_head")
+    logits = head([features[i] for i in branches])
+    return keras.Model(inputs, ResizeLike(dtype="float32", name="logits")([logits, inputs]))
 
 
 def compile_model(model, variant, total_steps):
