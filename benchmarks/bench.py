@@ -345,6 +345,8 @@ def _groups(args):
     `--interleave` every model of one backend, size, task, mode, precision, measure and window
     together with the original of the same size, task, measure and window."""
     configs = _configs(args)
+    for config in configs:
+        config["interleaved"] = args.interleave
     if not args.interleave:
         for config in configs:
             config["process"] = config["backend"]
@@ -441,7 +443,7 @@ def _ratios(rows):
                     "backend": r["backend"], "model": r["model"], "task": r["task"],
                     "measure": r["measure"], "size": _where(r), "mode": r["mode"],
                     "against": against, "speedup": times[key] / ours,
-                    "same_process": key[0] == r["process"],
+                    "same_process": r.get("interleaved", False) and key[0] == r["process"],
                 })  # fmt: skip
     return ratios
 

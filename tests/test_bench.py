@@ -71,6 +71,7 @@ def test_training_runs_segmenters_only_and_the_tiny_model_meets_its_own_peer(ben
 def _row(process, backend, model, **figures):
     row = dict(
         process=process, backend=backend, model=model, task="segmenter", measure="train",
+        interleaved=True,
         size="512x512", window="whole", mode="eager" if model.startswith("original") else "default",
         precision="float32", remat="off", batch=2,
     )  # fmt: skip
@@ -105,3 +106,12 @@ def test_inference_ratio_is_their_latency_over_ours(bench):
     ]
     (ratio,) = bench._ratios(rows)
     assert ratio["speedup"] == pytest.approx(3.0) and ratio["against"] == "original_b1"
+
+
+def test_models_in_processes_of_one_backend_do_not_share_a_process(bench):
+    rows = [
+        {**_row("torch", "torch", "original_b1", latency_ms=600.0), "interleaved": False},
+        {**_row("torch", "torch", "hrvit_b1", latency_ms=200.0), "interleaved": False},
+    ]
+    (ratio,) = bench._ratios(rows)
+    assert not ratio["same_process"]
