@@ -1,7 +1,8 @@
 """PyTorch's own fused kernels for operations that Keras's PyTorch backend composes from several.
 
-Used only on the PyTorch backend (eager or compiled), each by the layer that names it, with the
-results of the Keras composition it replaces: the parity tests check both against the original.
+Used only on the PyTorch backend (eager or compiled), each by the layer that names it, in place of
+the Keras composition it computes; the parity tests check the PyTorch model, with these kernels,
+against the original's tensors as they check the other backends.
 `benchmarks/torch_ops.py` measures each against Keras's composition, interleaved in one process;
 the figures are in benchmarks/README.md ("PyTorch's fused kernels").
 """
