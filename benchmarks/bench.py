@@ -195,6 +195,9 @@ def run_group(configs, warmup, repeats):
             info["train_images_per_s"] = config.batch / seconds
         if len(configs) == 1:  # a process's peak is one model's only when it ran alone
             info["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            torch = sys.modules.get("torch")  # imported by the original and the PyTorch backend
+            if torch is not None and torch.cuda.is_available():
+                info["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
         print("RESULT " + json.dumps(info), flush=True)
 
 
@@ -319,8 +322,8 @@ def _configs(args):
         for window, task in itertools.product(windows, args.tasks):
             if measure == "train" and task != "segmenter":
                 continue  # a train step needs the segmentation loss
-            base = {"size": hw, "measure": measure, "window": window, "task": task}
-            base["batch"] = args.batch
+            base = {"size": hw, "measure": measure, "window": window, "task": task,
+                    "batch": args.batch}  # fmt: skip
             if args.original:
                 # The original code runs one way: eager PyTorch, float32.
                 for model in set(args.models) & set(ORIGINALS):
@@ -346,10 +349,8 @@ def _groups(args):
     together with the original of the same size, task, measure and window."""
     configs = _configs(args)
     for config in configs:
-        config["interleaved"] = args.interleave
+        config.update(interleaved=args.interleave, process=config["backend"])
     if not args.interleave:
-        for config in configs:
-            config["process"] = config["backend"]
         return [[config] for config in configs]
     originals = [c for c in configs if c["model"].startswith("original_")]
     groups = {}
@@ -365,7 +366,7 @@ def _groups(args):
                 for o in originals
                 if all(o[k] == config[k] for k in same)
             ]
-        groups[key].append({**config, "process": config["backend"]})
+        groups[key].append(config)
     return list(groups.values())
 
 
