@@ -4,11 +4,6 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# XLA's CPU compiler dominates JAX test time (every test builds new shapes); tests need no
-# optimized code. Level 0 compiles about three times faster, and XLA's older loop emitters
-# about four times faster again than its MLIR fusion emitters (a micro HRViT's training
-# step: 40 s, then 10 s).
-JAX_TEST_XLA_FLAGS := "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 # Eager TensorFlow and XLA compilation each keep one core busy: two workers halve the time on a
 # 2-core machine. `loadscope` keeps each module's shared fixtures in one worker.
 PYTEST_ARGS ?= -q -n 2 --dist loadscope
@@ -27,7 +22,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest $(PYTEST_ARGS) -m "not slow"
-	KERAS_BACKEND=jax XLA_FLAGS=$(JAX_TEST_XLA_FLAGS) $(BIN)/python -m pytest $(PYTEST_ARGS) -m "backend and not slow"
+	KERAS_BACKEND=jax $(BIN)/python -m pytest $(PYTEST_ARGS) -m "backend and not slow"
 	KERAS_BACKEND=torch $(BIN)/python -m pytest $(PYTEST_ARGS) -m "backend and not slow"
 
 test-slow: $(STAMP)

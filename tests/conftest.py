@@ -8,6 +8,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # step took 7.8 s instead of 0.12 s. TensorFlow and XLA use their own pools (measured: no
     # gain from one thread there). Set before the first import of torch, which reads it.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+# XLA reads its flags when it first compiles: set before keras (and jax) are imported.
+from reference import with_fast_xla_flags  # noqa: E402
+
+os.environ["XLA_FLAGS"] = " ".join(with_fast_xla_flags(os.environ.get("XLA_FLAGS", "").split()))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
