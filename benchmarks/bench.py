@@ -296,15 +296,10 @@ def main():
             print(f"{r['backend']:10} {r['model']:11} {r['task']:9} {r['measure']:9} "
                   f"{r['size']:9} {r['mode']:8} vs {r['against']:12} {r['speedup']:6.2f}x "
                   f"({where})")  # fmt: skip
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    # Written under a temporary name, then renamed: a killed run leaves the last JSON whole.
-    with open(args.out + ".tmp", "w") as f:
-        json.dump(
-            {"machine": os.uname().nodename, "cpus": os.cpu_count(), "rows": rows,
-             "ratios": ratios, "growth": growth},
-            f, indent=2,
-        )  # fmt: skip
-    os.replace(args.out + ".tmp", args.out)
+    from keras_hrvit.files import write_json  # a killed run leaves the last JSON whole
+
+    write_json(args.out, {"machine": os.uname().nodename, "cpus": os.cpu_count(), "rows": rows,
+                          "ratios": ratios, "growth": growth})  # fmt: skip
     print(f"\nWrote {args.out}")
 
 

@@ -18,7 +18,6 @@ and writes JSON. Neither rewrite is in the package: benchmarks/README.md has the
 """
 
 import argparse
-import json
 import os
 import time
 
@@ -81,6 +80,7 @@ def main():
     import keras
 
     import keras_hrvit
+    from keras_hrvit.files import write_json
     from keras_hrvit.layers import CrossShapedAttention, MixCFN
 
     candidates = {
@@ -140,10 +140,7 @@ def main():
         "backend": backend, "model": args.model, "size": args.size, "batch": args.batch,
         "cpus": os.cpu_count(), "rows": rows,
     }  # fmt: skip
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".tmp", "w") as f:  # renamed when whole
-        json.dump(record, f, indent=2)
-    os.replace(args.out + ".tmp", args.out)
+    write_json(args.out, record)
     print(f"Wrote {args.out}")
 
 

@@ -10,7 +10,6 @@ its kernel gradient apart. Prints a table and writes JSON.
 """
 
 import argparse
-import json
 import os
 import time
 
@@ -68,6 +67,8 @@ def main():
     import jax.numpy as jnp
     import keras
 
+    from keras_hrvit.files import write_json
+
     if keras.backend.backend() != "jax":
         raise SystemExit("jax_backward.py measures JAX: set KERAS_BACKEND=jax.")
     rng = np.random.default_rng(0)
@@ -108,10 +109,7 @@ def main():
             flush=True,
         )
     record = {"args": vars(args), "jax": jax.__version__, "cpus": os.cpu_count(), "rows": rows}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".tmp", "w") as f:  # renamed when whole
-        json.dump(record, f, indent=2)
-    os.replace(args.out + ".tmp", args.out)
+    write_json(args.out, record)
     print(f"Wrote {args.out}")
 
 

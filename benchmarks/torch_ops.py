@@ -10,7 +10,6 @@ one's median against the fused model's ("fused"). Prints a table and writes JSON
 """
 
 import argparse
-import json
 import os
 import time
 
@@ -49,6 +48,7 @@ def main():
     import torch
 
     import keras_hrvit
+    from keras_hrvit.files import write_json
     from keras_hrvit.layers import torch_ops
 
     if keras.backend.backend() != "torch":
@@ -90,10 +90,7 @@ def main():
         "model": args.model, "size": args.size, "batch": args.batch, "train": args.train,
         "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "rows": rows,
     }  # fmt: skip
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".tmp", "w") as f:  # renamed when whole
-        json.dump(record, f, indent=2)
-    os.replace(args.out + ".tmp", args.out)
+    write_json(args.out, record)
     print(f"Wrote {args.out}")
 
 
