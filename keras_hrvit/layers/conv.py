@@ -6,7 +6,7 @@ fastest (benchmarks/bench.py measures the difference).
   convolution written as a sum of `k*k` shifted, per-channel-scaled slices of the input, which XLA
   fuses into one pass, takes ~6 ms. So whenever XLA compiles for a CPU, every depthwise
   convolution is computed that way: always on JAX on a CPU, and on TensorFlow on a CPU-only
-  machine under `jit_compile=True` (the b1 backbone's forward at 512x512 then takes 0.77x the
+  machine under `jit_compile=True` (the b1 backbone's forward at 512x512 then takes 0.83x the
   time of TensorFlow's graph, instead of 3.6x with XLA's loop; Keras compiles TensorFlow with
   XLA by default only where there is a GPU). Other platforms keep their convolution kernels.
 - Keras's PyTorch convolutions copy a channels-last input to channels-first and back to
